@@ -1,0 +1,29 @@
+# The two commands of the README:
+#   make benchmark   set everything up, run the quick local benchmark, print the report's path
+#   make test        set everything up, run the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test benchmark preview clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+benchmark: $(STAMP)
+	$(BIN)/mist-bench benchmark --scale quick
+
+preview: $(STAMP)
+	$(BIN)/mist-bench preview mnist_hard --out previews/mnist_hard.png
+
+clean:
+	rm -rf $(VENV) .pytest_cache

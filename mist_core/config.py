@@ -1,0 +1,58 @@
+"""Strict configuration base: an unknown key or a wrong type is an error that names it."""
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = ["StrictConfig", "ConfigError", "parse_config"]
+
+T = TypeVar("T", bound="StrictConfig")
+
+
+class ConfigError(ValueError):
+    """A configuration could not be validated. The message names every bad field."""
+
+
+class StrictConfig(BaseModel):
+    """Base for every config: unknown keys are refused, types are not coerced, instances are frozen."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with `changes` applied and validated again."""
+        return parse_config(type(self), {**self.model_dump(), **changes}, where=type(self).__name__)
+
+
+def _format(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}.{loc}: unknown key")
+        else:
+            lines.append(f"{where}.{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(cls: type[T], data: Any, where: str = "config") -> T:
+    """Validate `data` (a mapping or an instance) into `cls`; raise ConfigError naming the bad fields."""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    try:
+        # YAML gives lists where tuples are declared: validate in python (lax on containers only) mode
+        return cls.model_validate(_tuples(data))
+    except ValidationError as err:
+        raise ConfigError(_format(err, where)) from None
+
+
+def _tuples(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x

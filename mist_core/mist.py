@@ -1,0 +1,168 @@
+"""MIST (sections 3-4, Algorithm 1): H_eta -> E_K -> S -> T_tau -> task loss, trained by lifting.
+
+One training step on a batch of images I:
+  0. h = H_eta(I) once (B, S, H, W); x0 = E_K(h) (no gradient: top-K is not differentiable)
+  1. tau step:  Adam on L_task(T_tau(S(I, x0)))                       (the lambda term is constant in tau)
+  2. x step:    kp_steps x SGD on the leaf x (init x0): sum_b L_task_b + lambda ||x - x0||^2
+  3. eta step:  Adam on mean_b w_b ||G(x) - H_eta(I)||^2,  w_b = exp(-heat_weight_temp * L_task_b) (detached)
+The heatmap forward of step 0 is reused by step 3 (one H_eta forward per batch). Keypoints are (cx, cy, size)
+in pixels; the x step moves them in pixel units, at most kp_max_move pixels per step (a trust region: the
+authors' SGD at lr 1e4 on a batch-mean loss moves them by a data-dependent amount; we bound it instead).
+"""
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from mist_core.config import StrictConfig
+from mist_core.heatmap import HeatmapNet
+from mist_core.keypoints import extract_topk, render_heatmap
+from mist_core.method import LogUniform, Method, SearchSpace, Uniform
+from mist_core.sampler import keypoint_boxes, sample_patches
+from mist_core.task import TaskHead, TaskOutput, instance_mask
+from mist_core.types import Batch, DataSpec, Prediction, Task
+
+__all__ = ["MIST", "MISTConfig"]
+
+
+class MISTConfig(StrictConfig):
+    k: int = Field(9, ge=1)                                  # patches per image
+    sizes: tuple[float, ...] = (20.0,)                      # patch side (pixels) of each discrete scale, increasing
+    patch_res: int = Field(32, ge=4)                         # patches are resampled to patch_res x patch_res
+    heat_width: int = Field(32, ge=1)
+    heat_blocks: int = Field(4, ge=0)
+    softmax_window: int = Field(15, ge=1)                    # local spatial softmax extent (odd)
+    softmax_strength: float = Field(10.0, gt=0)
+    nms_window: int = Field(5, ge=1)                         # odd
+    task_width: int = Field(16, ge=1)
+    task_levels: int = Field(5, ge=1)
+    task_blocks: int = Field(3, ge=0)
+    lr_task: float = Field(1e-4, gt=0)
+    lr_heat: float = Field(1e-4, gt=0)
+    kp_lr: float = Field(1e4, ge=0)                          # SGD step on the per-image loss, pixel units
+    kp_steps: int = Field(2, ge=0)
+    kp_max_move: float = Field(2.0, gt=0)                    # pixels per keypoint step, at most
+    lam: float = Field(1e-3, ge=0)                           # lambda of eq. 6, per squared pixel
+    heat_weight_temp: float = Field(5.0, ge=0)               # w_b = exp(-temp * L_task_b)
+
+
+PRESETS: dict[str, dict] = {
+    "smoke": dict(sizes=(20.0,), patch_res=8, heat_width=4, heat_blocks=1, task_width=4, task_levels=3,
+                  task_blocks=1, lr_task=1e-3, lr_heat=1e-3),
+    "quick": dict(sizes=(16.0, 24.0), patch_res=16, heat_width=8, heat_blocks=2, task_width=8, task_levels=4,
+                  task_blocks=1, lr_task=1e-3, lr_heat=1e-3),
+    "paper": dict(sizes=(16.0, 20.0, 24.0, 28.0), patch_res=32, heat_width=32, heat_blocks=4, task_width=16,
+                  task_levels=5, task_blocks=3, lr_task=1e-4, lr_heat=1e-4),
+}
+
+
+class MIST(Method):
+    name = "mist"
+    Config = MISTConfig
+
+    @classmethod
+    def default_config(cls, scale: str) -> MISTConfig:
+        return MISTConfig(**PRESETS[scale])
+
+    @classmethod
+    def search_space(cls) -> SearchSpace:
+        return {"lr_task": LogUniform(1e-4, 3e-3), "lr_heat": LogUniform(1e-4, 3e-3), "kp_lr": LogUniform(1e2, 1e5),
+                "lam": LogUniform(1e-5, 1e-1), "kp_max_move": Uniform(0.5, 4.0)}
+
+    def __init__(self, cfg: MISTConfig | dict, spec: DataSpec, task: Task, device="cpu"):
+        super().__init__(cfg, spec, task, device)
+        c = self.cfg
+        if list(c.sizes) != sorted(c.sizes) or len(set(c.sizes)) != len(c.sizes):
+            raise ValueError(f"method.mist.sizes must be strictly increasing, got {c.sizes}")
+        self.heat = HeatmapNet(spec.channels, c.heat_width, c.heat_blocks, c.sizes, c.softmax_window,
+                               c.softmax_strength).to(self.device)
+        self.head = TaskHead(task, spec.channels, c.patch_res, c.task_width, c.task_levels, c.task_blocks,
+                             spec.n_classes).to(self.device)
+        self.opt_task = torch.optim.Adam(self.head.parameters(), lr=c.lr_task)
+        self.opt_heat = torch.optim.Adam(self.heat.parameters(), lr=c.lr_heat)
+        self.sizes = torch.tensor(c.sizes, dtype=torch.float32, device=self.device)  # (S,)
+
+    # --- the pieces ------------------------------------------------------------------------------
+    def detect(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """H_eta then E_K: per-scale heatmap (B, S, H, W) with grad, pooled (B, H, W), keypoints (B, K, 3), scores (B, K)."""
+        h_scales, h = self.heat(images)
+        with torch.no_grad():
+            kp, scores = extract_topk(h_scales, h, self.sizes, self.cfg.k, self.cfg.nms_window)
+        return h_scales, h, kp, scores
+
+    def run_task(self, batch: Batch, kp: Tensor) -> TaskOutput:
+        patches = sample_patches(batch.images, kp, self.cfg.patch_res)                 # (B, K, C, p, p)
+        return self.head(patches, kp, batch)
+
+    def valid_mask(self, batch: Batch) -> Tensor:
+        """(B, K): keypoints that stand for an instance (classification: the top `count`; recon: all K)."""
+        K = self.cfg.k
+        if self.task == "classify":
+            return instance_mask(batch.counts, K)
+        return torch.ones(len(batch), K, dtype=torch.bool, device=batch.images.device)
+
+    # --- Algorithm 1, one stage each -----------------------------------------------------------
+    def stage_task(self, batch: Batch, kp0: Tensor) -> Tensor:
+        """Line 3: a step on tau. Returns the per-image task loss (B,) before the step."""
+        out = self.run_task(batch, kp0)
+        self.opt_task.zero_grad(set_to_none=True)
+        out.loss.mean().backward()
+        self.opt_task.step()
+        return out.loss.detach()
+
+    def stage_keypoints(self, batch: Batch, kp0: Tensor) -> tuple[Tensor, Tensor]:
+        """Line 4: kp_steps SGD steps on the leaf x (init x0). Returns x (B, K, 3) and the last task loss (B,)."""
+        c = self.cfg
+        H, W = batch.images.shape[-2:]
+        lo = torch.tensor([0.0, 0.0, c.sizes[0]], device=kp0.device)
+        hi = torch.tensor([float(W), float(H), c.sizes[-1]], device=kp0.device)
+        x = kp0.clone()
+        loss = None
+        for _ in range(c.kp_steps):
+            x.requires_grad_(True)
+            out = self.run_task(batch, x)
+            loss = out.loss.detach()
+            objective = out.loss.sum() + c.lam * ((x - kp0) ** 2).sum()
+            (g,) = torch.autograd.grad(objective, [x])                                # only x gets a gradient
+            with torch.no_grad():
+                x = x - (c.kp_lr * g).clamp(-c.kp_max_move, c.kp_max_move)
+                x = torch.maximum(torch.minimum(x, hi), lo)                           # stay in the image and scale range
+        if loss is None:
+            with torch.no_grad():
+                loss = self.run_task(batch, x).loss
+        return x.detach(), loss
+
+    def stage_heatmap(self, h_scales: Tensor, x: Tensor, task_loss: Tensor, valid: Tensor) -> Tensor:
+        """Line 5: a step on eta regressing H_eta(I) to G(x). Returns the weighted heatmap loss (scalar)."""
+        B, S, H, W = h_scales.shape
+        target = render_heatmap(x, self.sizes, H, W, valid)                            # (B, S, H, W)
+        w = torch.exp(-self.cfg.heat_weight_temp * task_loss)                         # (B,) detached
+        loss = (w * ((h_scales - target) ** 2).flatten(1).sum(1)).mean()
+        self.opt_heat.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_heat.step()
+        return loss.detach()
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        h_scales, _, kp0, _ = self.detect(batch.images)
+        task_loss = self.stage_task(batch, kp0)
+        x, kp_loss = self.stage_keypoints(batch, kp0)
+        heat_loss = self.stage_heatmap(h_scales, x, kp_loss, self.valid_mask(batch))
+        moved = (x[..., :2] - kp0[..., :2]).norm(dim=-1).mean()
+        return {"task": float(task_loss.mean()), "task_after_kp": float(kp_loss.mean()),
+                "heat": float(heat_loss), "kp_move": float(moved)}
+
+    # --- prediction ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: Tensor, counts: Tensor | None = None) -> Prediction:
+        B = images.shape[0]
+        _, h, kp, scores = self.detect(images)
+        patches = sample_patches(images, kp, self.cfg.patch_res)                       # (B, K, C, p, p)
+        dummy = Batch(images, torch.full((B, 1), -1, dtype=torch.long, device=images.device),
+                      images.new_zeros(B, 1, 4),
+                      counts if counts is not None else torch.full((B,), self.cfg.k, device=images.device))
+        out = self.head(patches, kp, dummy)
+        return Prediction(boxes=keypoint_boxes(kp), scores=scores, recon=out.recon, class_probs=out.class_probs,
+                          heatmap=h, patches=out.patches_out if out.patches_out is not None else patches,
+                          extras={"keypoints": kp})

@@ -1,0 +1,231 @@
+"""One training loop for every method: train for a budget, evaluate on the held-out test split, report.
+
+    cfg = RunConfig(method="mist", dataset="mnist_hard", task="recon", scale="quick", seed=0)
+    result = Trainer(cfg).run(callback=print)
+
+The callback receives a report (a flat dict of floats: step, seconds, core_seconds, mean training losses since
+the previous report, test metrics) at every `eval_every` steps and at the end; it may return True to stop.
+A sweeper hooks in there (and saves `trainer.state_dict()` as a checkpoint). The loop never asks which method
+it is training.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+
+from mist_core import metrics
+from mist_core._runtime import set_threads
+from mist_core.config import ConfigError, StrictConfig, parse_config
+from mist_core.data import dataset_config, load_splits
+from mist_core.data.container import MultiInstanceData, Splits
+from mist_core.method import Method
+from mist_core.presets import DATA_PRESETS, Scale, TrainConfig, train_config
+from mist_core.registry import get_method
+from mist_core.types import Prediction
+
+__all__ = ["RunConfig", "Resolved", "resolve", "Trainer", "RunResult", "predict_split"]
+
+log = logging.getLogger("mist_core.train")
+Callback = Callable[[dict[str, float], "Trainer"], "bool | None"]
+
+
+class RunConfig(StrictConfig):
+    """One training run: a method on a dataset for a task at a scale, with overrides of each preset."""
+
+    method: str
+    dataset: str
+    task: Literal["recon", "classify"] = "recon"
+    scale: Scale = "quick"
+    seed: int = 0
+    method_params: dict[str, Any] = {}
+    dataset_params: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A RunConfig with every preset applied and validated: what actually runs."""
+
+    run: RunConfig
+    method_cls: type[Method]
+    method_cfg: StrictConfig
+    dataset_cfg: StrictConfig
+    train_cfg: TrainConfig
+
+    def as_params(self) -> dict[str, Any]:
+        """Flat, loggable parameters: method.*, dataset.*, train.* and the run's own fields."""
+        out: dict[str, Any] = {k: getattr(self.run, k) for k in ("method", "dataset", "task", "scale", "seed")}
+        for prefix, c in (("method", self.method_cfg), ("dataset", self.dataset_cfg), ("train", self.train_cfg)):
+            out.update({f"{prefix}.{k}": v for k, v in c.model_dump().items()})
+        return out
+
+
+def resolve(cfg: RunConfig | dict) -> Resolved:
+    """Validate everything a run needs before anything starts; errors name the bad field."""
+    cfg = parse_config(RunConfig, cfg, where="run")
+    try:
+        method_cls = get_method(cfg.method)
+    except (KeyError, TypeError, ImportError) as e:
+        raise ConfigError(f"run.method: {e}") from None
+    if cfg.task not in method_cls.tasks:
+        raise ConfigError(f"run.task: method {cfg.method!r} does not support task {cfg.task!r} (supports {method_cls.tasks})")
+    method_cfg = method_cls.make_config(cfg.scale, cfg.method_params)
+    try:
+        dataset_cfg = dataset_config(cfg.dataset, {**DATA_PRESETS[cfg.scale], **cfg.dataset_params})
+    except KeyError as e:
+        raise ConfigError(f"run.dataset: {e}") from None
+    return Resolved(cfg, method_cls, method_cfg, dataset_cfg, train_config(cfg.scale, cfg.train))
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, float]                 # final test metrics
+    history: list[dict[str, float]]           # every report, in order
+    trainer: "Trainer"
+    example: Prediction | None = None         # predictions on the first test images, for figures
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def predict_split(method: Method, data: MultiInstanceData, n: int | None, batch_size: int) -> Prediction:
+    """Predictions on the first `n` images of `data`, concatenated along the batch, on the CPU."""
+    n = len(data) if n is None else min(n, len(data))
+    method.eval()
+    parts = []
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            b = data.batch(slice(i, min(i + batch_size, n))).to(method.device)
+            parts.append(method.predict(b.images, b.counts).check(len(b), data.spec).detach_cpu())
+    method.train()
+    return _concat(parts)
+
+
+def _concat(parts: list[Prediction]) -> Prediction:
+    def cat(name):
+        vals = [getattr(p, name) for p in parts]
+        return None if vals[0] is None else torch.cat(vals)
+    extras = {k: torch.cat([p.extras[k] for p in parts]) for k in parts[0].extras}
+    return Prediction(cat("boxes"), cat("scores"), cat("recon"), cat("class_probs"), cat("heatmap"), cat("patches"), extras)
+
+
+class Trainer:
+    """Owns the data, the method and the step counter of one run."""
+
+    def __init__(self, cfg: RunConfig | dict | Resolved, splits: Splits | None = None):
+        self.resolved = cfg if isinstance(cfg, Resolved) else resolve(cfg)
+        r = self.resolved
+        self.cfg, self.tcfg = r.run, r.train_cfg
+        set_threads(self.tcfg.threads)
+        torch.manual_seed(self.cfg.seed)
+        self.rng = np.random.default_rng(self.cfg.seed)
+        self.splits = splits if splits is not None else load_splits(r.dataset_cfg, cache_dir=self.cfg.cache_dir)
+        self.method = r.method_cls(r.method_cfg, self.splits.train.spec, self.cfg.task, self.tcfg.device)
+        self.step = 0
+        self.train_seconds = 0.0
+        self.core_seconds = 0.0
+        n_setup = min(len(self.splits.train), 256)
+        self.method.fit_setup(self.splits.train.batch(slice(0, n_setup)).images.to(self.method.device))
+        self._epoch: list = []
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.method.state_dict(), "step": self.step, "train_seconds": self.train_seconds,
+                "core_seconds": self.core_seconds, "torch_rng": torch.get_rng_state(),
+                "np_rng": _rng_state(self.rng)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state["method"])
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        self.core_seconds = float(state["core_seconds"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng = _rng_from_state(state["np_rng"])
+
+    # --- the loop ------------------------------------------------------------------------------
+    def _next_batch(self):
+        if not self._epoch:
+            self._epoch = list(self.splits.train.batches(self.tcfg.batch_size, self.rng, drop_last=True))[::-1]
+            if not self._epoch:
+                raise ConfigError(f"train.batch_size {self.tcfg.batch_size} exceeds the training split "
+                                  f"({len(self.splits.train)} images)")
+        return self._epoch.pop().to(self.method.device)
+
+    def budget_left(self) -> bool:
+        t = self.tcfg
+        return self.step < t.max_steps and (t.max_seconds is None or self.train_seconds < t.max_seconds)
+
+    def evaluate(self, n: int | None) -> tuple[dict[str, float], Prediction]:
+        pred = predict_split(self.method, self.splits.test, n, max(self.tcfg.batch_size, 64))
+        n_eval = pred.boxes.shape[0]
+        return metrics.evaluate_predictions(pred, self.splits.test.subset(n_eval)), pred
+
+    def run(self, callback: Callback | None = None, progress: bool = True) -> RunResult:
+        history: list[dict[str, float]] = []
+        sums: dict[str, float] = {}
+        n_since = 0
+        stop = False
+        while self.budget_left() and not stop:
+            batch = self._next_batch()
+            t0, c0 = time.perf_counter(), time.process_time()
+            losses = self.method.train_step(batch)
+            self.train_seconds += time.perf_counter() - t0
+            self.core_seconds += time.process_time() - c0
+            self.step += 1
+            for k, v in losses.items():
+                if not math.isfinite(v):
+                    raise FloatingPointError(f"{self.cfg.method}: loss {k} is {v} at step {self.step}")
+                sums[k] = sums.get(k, 0.0) + v
+            n_since += 1
+            if self.step % self.tcfg.eval_every == 0 and self.budget_left():
+                report = self._report(sums, n_since, self.tcfg.eval_images)[0]
+                sums, n_since = {}, 0
+                history.append(report)
+                if progress:
+                    log.info(_fmt(report))
+                stop = bool(callback and callback(report, self))
+        report, example = self._report(sums, n_since, self.tcfg.final_eval_images, final=True)
+        history.append(report)
+        if progress:
+            log.info("final: " + _fmt(report))
+        if callback:
+            callback(report, self)
+        return RunResult(metrics=report, history=history, trainer=self, example=example)
+
+    def _report(self, sums, n, n_eval, final=False):
+        mets, pred = self.evaluate(n_eval)
+        report = {"step": float(self.step), "seconds": self.train_seconds, "core_seconds": self.core_seconds,
+                  **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}, **mets}
+        if final:
+            report["final"] = 1.0
+        return report, pred
+
+
+def _fmt(report: dict[str, float]) -> str:
+    keys = [k for k in report if k not in ("final",)]
+    return " ".join(f"{k}={report[k]:.4g}" for k in keys[:14])
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    s = rng.bit_generator.state  # PCG64: state.state and state.inc are Python ints up to 128 bits
+    return {"state": torch.tensor(_split128(s["state"]["state"])), "inc": torch.tensor(_split128(s["state"]["inc"])),
+            "has_uint32": int(s["has_uint32"]), "uinteger": int(s["uinteger"])}
+
+
+def _rng_from_state(d: dict[str, Any]) -> np.random.Generator:
+    rng = np.random.default_rng()
+    m = (1 << 64) - 1
+    join = lambda t: ((int(t[0]) & m) << 64) | (int(t[1]) & m)  # noqa: E731
+    rng.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": join(d["state"].tolist()),
+                               "inc": join(d["inc"].tolist())}, "has_uint32": d["has_uint32"], "uinteger": d["uinteger"]}
+    return rng
+
+
+def _split128(x: int) -> list[int]:
+    # two unsigned 64-bit halves stored in int64 tensors via two's complement
+    hi, lo = x >> 64, x & ((1 << 64) - 1)
+    return [hi - (1 << 64) if hi >= 1 << 63 else hi, lo - (1 << 64) if lo >= 1 << 63 else lo]
