@@ -181,7 +181,7 @@ def test_evaluate_predictions_small():
     assert m["ap_iou00"] == approx(13 / 18)
     for t in AP_THRESHOLDS[1:]:
         assert m[ap_key(t)] == approx(0.5)
-    assert set(m) == {"rmse", "det_rate", "cls_acc", "both", "det_rate_all", "mean_iou_matched",
+    assert set(m) == {"rmse", "det_rate", "cls_acc", "both", "det_rate_all", "mean_iou_matched", "det_rate_tight",
                       "ap_iou00", "ap_iou50", "ap_iou60", "ap_iou70", "ap_iou80", "ap_iou90"}
     assert all(k.replace("_", "").isalnum() and k.islower() for k in m)
     m2 = evaluate_predictions(Prediction(boxes, scores), data)  # class-agnostic, no recon
@@ -199,3 +199,14 @@ def test_perfect_predictions():
     m = evaluate_predictions(pred, data)
     assert m["rmse"] == 0.0
     assert all(m[k] == approx(1.0) for k in m if k != "rmse"), m
+
+
+def test_square_ground_truth_for_thin_instances():
+    """A thin glyph's tight box (8 x 20) squared up is what a square patch is matched against."""
+    from mist_core.metrics import square_boxes
+
+    assert square_boxes(np.array([[10, 0, 18, 20]])).tolist() == [[4, 0, 24, 20]]
+    data = MultiInstanceData(images=np.zeros((1, 1, 32, 32), np.uint8), boxes=np.array([[[10, 0, 18, 20]]], np.float32),
+                             labels=np.array([[1]]), counts=np.array([1]))
+    m = evaluate_predictions(Prediction(torch.tensor([[[4.0, 0.0, 24.0, 20.0]]]), torch.ones(1, 1)), data)
+    assert m["det_rate"] == 1.0 and m["det_rate_tight"] == 0.0              # IoU with the tight box: 160/400

@@ -88,7 +88,10 @@ class Splits:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        umask = os.umask(0)
+        os.umask(umask)
         try:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared cache needs the usual mode
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **self.train.arrays("train__"), **self.test.arrays("test__"))
             os.replace(tmp, path)

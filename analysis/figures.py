@@ -1,0 +1,243 @@
+"""Report figures from plain numpy arrays and tidy rows. Every function returns a matplotlib Figure (or None
+when it has nothing to draw); `to_data_uri` turns one into an inline PNG. Figures are built with the
+object-oriented API (matplotlib.figure.Figure, rendered by Agg) so importing this never changes pyplot's backend.
+
+Arrays follow mist_core.types: images (N,C,H,W) in [0,1] (uint8 is divided by 255), boxes (N,K,4) pixels
+(x0,y0,x1,y1), scores (N,K), recon (N,C,H,W), class_probs (N,K,10), heatmap (N,H,W), patches (N,K,C,p,p),
+gt_counts (N,). Detections shown per image = the top gt_count by score (all K without gt_counts), as det_rate.
+
+    example_figure(**np.load("predictions.npz"))                     # paper Figures 3 and 5
+    methods_figure({"mist": npz_a, "grid": npz_b})                    # paper Figure 2
+    heatmap_figure(**np.load("heatmaps_over_time.npz"))               # paper Figure 7 (c)
+    loss_figure(rows); quality_cost_figure(rows)                      # Figure 7 (a, b); quality vs cost
+"""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+
+from analysis.paper import METHOD_LABELS, dataset_label, headline_metric, lower_is_better, method_label, metric_label
+
+__all__ = ["to_data_uri", "example_figure", "methods_figure", "heatmap_figure", "loss_figure",
+           "quality_cost_figure", "method_color"]
+
+_ORDER = list(METHOD_LABELS)
+
+
+def method_color(method: str) -> str:
+    """The same colour for a method in every figure (matplotlib's tab10 cycle, in METHOD_LABELS order)."""
+    i = _ORDER.index(method) if method in _ORDER else len(_ORDER) + abs(hash(method)) % 3
+    return f"C{i % 10}"
+
+
+def to_data_uri(fig: Figure, dpi: int = 80) -> str:
+    """'data:image/png;base64,...' of a figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(x: np.ndarray) -> np.ndarray:
+    """(C,H,W) or (H,W) -> (H,W) or (H,W,3) float in [0,1]."""
+    a = np.asarray(x)
+    a = a / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a[:3], 0, -1)
+    return np.clip(a, 0.0, 1.0)
+
+
+def _show(ax: Axes, img: np.ndarray, title: str | None = None, cmap: str = "gray", norm: bool = False) -> None:
+    a = _img(img) if not norm else np.asarray(img, dtype=np.float64)
+    ax.imshow(a, cmap=cmap, interpolation="nearest", **({} if norm else {"vmin": 0.0, "vmax": 1.0}))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def _top(scores: np.ndarray, count: int | None) -> np.ndarray:
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return order if count is None else order[: max(int(count), 0)]
+
+
+def _boxes(ax: Axes, boxes: np.ndarray, labels: list[str] | None = None, color: str = "lime") -> None:
+    for j, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64)):
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.2))
+        if labels:
+            ax.text(x0, y0 - 1, labels[j], color=color, fontsize=7, va="bottom", ha="left")
+
+
+def _crop(img: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The (C,h,w) pixels of img (C,H,W) under box, clipped to the image (1x1 zeros when empty)."""
+    _, h, w = img.shape
+    x0, y0, x1, y1 = np.round(np.asarray(box, dtype=np.float64)).astype(int)
+    (x0, x1), (y0, y1) = np.clip([x0, x1], 0, w), np.clip([y0, y1], 0, h)
+    return img[:, y0:y1, x0:x1] if x1 > x0 and y1 > y0 else np.zeros_like(img[:, :1, :1])
+
+
+def example_figure(images: np.ndarray, boxes: np.ndarray, scores: np.ndarray, recon: np.ndarray | None = None,
+                   class_probs: np.ndarray | None = None, patches: np.ndarray | None = None,
+                   heatmap: np.ndarray | None = None, gt_counts: np.ndarray | None = None, n_examples: int = 2,
+                   max_patches: int = 9, title: str = "", **_: Any) -> Figure:
+    """Paper Figures 3 / 5: per example, input | detections | reconstruction | heatmap on top, and below one
+    column per shown detection: the input crop under its box, and the task network's per-patch output."""
+    n = min(n_examples, len(images))
+    fig = Figure(figsize=(9, 3.6 * n), layout="constrained")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    for i, sub in enumerate(np.atleast_1d(fig.subfigures(n, 1))):
+        count = None if gt_counts is None else int(gt_counts[i])
+        shown = _top(scores[i], count)  # every detection counted (drawn), the first max_patches as patches
+        idx = shown[:max_patches]
+        labels = None if class_probs is None else [str(int(np.argmax(class_probs[i, k]))) for k in shown]
+        panels = [("input", images[i], False), ("detections", images[i], True)]
+        if recon is not None:
+            panels.append(("reconstruction", recon[i], patches is None))
+        if heatmap is not None:
+            panels.append(("heatmap", heatmap[i], False))
+        strips = 1 + (patches is not None)
+        top, bottom = sub.subfigures(2, 1, height_ratios=[3, strips])
+        for ax, (name, img, with_boxes) in zip(np.atleast_1d(top.subplots(1, len(panels))), panels):
+            _show(ax, img, name, cmap="magma" if name == "heatmap" else "gray", norm=name == "heatmap")
+            if with_boxes:
+                _boxes(ax, boxes[i][shown], labels)
+        if len(idx) == 0:
+            continue
+        axs = np.asarray(bottom.subplots(strips, len(idx), squeeze=False))
+        for c, k in enumerate(idx):
+            _show(axs[0, c], _crop(np.asarray(images[i]), boxes[i, k]), labels[c] if labels else None)
+            if patches is not None:
+                _show(axs[1, c], patches[i, k])
+        axs[0, 0].set_ylabel("patch", fontsize=7)
+        if patches is not None:
+            axs[1, 0].set_ylabel("decoded", fontsize=7)
+    return fig
+
+
+def methods_figure(outputs: Mapping[str, Mapping[str, np.ndarray]], n_examples: int = 3, title: str = ""
+                   ) -> Figure | None:
+    """Paper Figure 2: rows = test images, columns = the input then each method's reconstruction (its input
+    when it has none) with its detections. Assumes every method saw the same test images (the first is shown)."""
+    outputs = {m: o for m, o in outputs.items() if "images" in o}
+    if not outputs:
+        return None
+    first = next(iter(outputs.values()))
+    n = min(n_examples, *(len(o["images"]) for o in outputs.values()))
+    fig = Figure(figsize=(1.6 * (len(outputs) + 1), 1.7 * n), layout="constrained")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    axs = np.asarray(fig.subplots(n, len(outputs) + 1, squeeze=False))
+    for i in range(n):
+        _show(axs[i, 0], first["images"][i], "input" if i == 0 else None)
+        for c, (m, o) in enumerate(outputs.items(), start=1):
+            img = o.get("recon") if o.get("recon") is not None else o["images"]
+            _show(axs[i, c], img[i], method_label(m) if i == 0 else None)
+            if "boxes" in o and "scores" in o:
+                count = int(o["gt_counts"][i]) if "gt_counts" in o else None
+                _boxes(axs[i, c], o["boxes"][i][_top(o["scores"][i], count)], color=method_color(m))
+    return fig
+
+
+def heatmap_figure(steps: np.ndarray, heatmaps: np.ndarray, image: np.ndarray | None = None,
+                   max_snapshots: int = 8, title: str = "", **_: Any) -> Figure:
+    """Paper Figure 7 (c): the heatmap of one image over training, each snapshot min-max normalised alone."""
+    t = np.unique(np.linspace(0, len(steps) - 1, min(max_snapshots, len(steps))).round().astype(int))
+    ncol = len(t) + (image is not None)
+    fig = Figure(figsize=(1.5 * ncol, 1.9), layout="constrained")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    axs = np.atleast_1d(fig.subplots(1, ncol))
+    if image is not None:
+        _show(axs[0], image, "image")
+    for ax, j in zip(axs[ncol - len(t):], t):
+        _show(ax, heatmaps[j], f"step {int(steps[j])}", cmap="magma", norm=True)
+    return fig
+
+
+_MARK = {"search": "o", "seeds": "^"}
+
+
+def _key(method: str) -> tuple[int, str]:
+    return (_ORDER.index(method) if method in _ORDER else len(_ORDER), method)
+
+
+def _legend(fig: Figure, methods: Sequence[str], phases: Sequence[str] = ()) -> None:
+    """One legend for the whole figure, below it: a colour per method (and a marker per phase)."""
+    h = [Line2D([], [], color=method_color(m), lw=2, label=method_label(m)) for m in methods]
+    h += [Line2D([], [], color="0.4", marker=_MARK.get(p, "s"), ls="", label=f"{p} trial") for p in phases]
+    fig.legend(handles=h, loc="outside lower center", ncols=min(len(h), 8), fontsize=7, frameon=False)
+
+
+def _groups(df: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    return [(k, g) for k, g in df.groupby(["dataset", "task"], sort=True)]
+
+
+def loss_figure(df: pd.DataFrame, max_cols: int = 4) -> Figure | None:
+    """Paper Figure 7 (a, b) for every method: one panel per (dataset, task, train_* loss) against step, one
+    thin line per trial (the seeds phase when a (dataset, task, method) has one), one colour per method."""
+    d = df[df["metric"].str.startswith("train_")]
+    if d.empty:
+        return None
+    panels = []
+    for (dataset, task), g in _groups(d):
+        seeds = g.groupby("method")["phase"].transform(lambda p: (p == "seeds").any())
+        g = g[~seeds | (g["phase"] == "seeds")]
+        panels += [(dataset, task, metric, gm) for metric, gm in g.groupby("metric", sort=True)]
+    ncol = min(max_cols, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig = Figure(figsize=(3.2 * ncol, 2.5 * nrow), layout="constrained")
+    axs = np.asarray(fig.subplots(nrow, ncol, squeeze=False))
+    for ax, (dataset, task, metric, gm) in zip(axs.flat, panels):
+        for (method, _trial), gt in gm.sort_values("step").groupby(["method", "trial"], sort=True):
+            ax.plot(gt["step"], gt["value"], color=method_color(method), lw=0.9, alpha=0.8)
+        ax.set_title(f"{dataset_label(dataset)} ({task}): {metric}", fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axs.flat[len(panels):]:
+        ax.set_axis_off()
+    _legend(fig, sorted(d["method"].unique(), key=_key))
+    return fig
+
+
+def quality_cost_figure(df: pd.DataFrame, max_cols: int = 3) -> Figure | None:
+    """Final headline metric (paper.headline_metric) against the trial's final core-seconds, one point per
+    trial (marker: search or seeds phase), one colour per method; one panel per (dataset, task)."""
+    fin = df[df["final"].astype(bool)]
+    panels = []
+    for (dataset, task), g in _groups(fin):
+        metric = headline_metric(str(dataset), str(task))
+        pts = (g[g["metric"] == metric].sort_values("step").groupby("trial")
+               .agg(method=("method", "last"), phase=("phase", "last"), value=("value", "last")))
+        cost = df[df["trial"].isin(pts.index)].groupby("trial")["core_seconds"].max()
+        pts = pts.join(cost)
+        if not pts.empty:
+            panels.append((dataset, task, metric, pts))
+    if not panels:
+        return None
+    ncol = min(max_cols, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig = Figure(figsize=(3.6 * ncol, 2.8 * nrow), layout="constrained")
+    axs = np.asarray(fig.subplots(nrow, ncol, squeeze=False))
+    for ax, (dataset, task, metric, pts) in zip(axs.flat, panels):
+        for (method, phase), p in pts.groupby(["method", "phase"], sort=True):
+            ax.scatter(p["core_seconds"], p["value"], color=method_color(method), marker=_MARK.get(phase, "s"),
+                       s=22, alpha=0.8)
+        arrow = "lower is better" if lower_is_better(metric) else "higher is better"
+        ax.set_title(f"{dataset_label(dataset)} ({task})", fontsize=8)
+        ax.set_xlabel("core-seconds per trial", fontsize=7)
+        ax.set_ylabel(f"{metric_label(metric)} ({arrow})", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axs.flat[len(panels):]:
+        ax.set_axis_off()
+    methods = sorted(set().union(*(set(p["method"]) for *_, p in panels)), key=_key)
+    phases = sorted(set().union(*(set(p["phase"]) for *_, p in panels)))
+    _legend(fig, methods, phases)
+    return fig

@@ -1,0 +1,236 @@
+"""The benchmark report: tidy result rows -> one self-contained HTML file (tables, comparisons, cost, inline
+PNG figures), plus tables.md, tables.tex, cells.csv, comparisons.csv, cost.csv beside it.
+
+    python -m analysis.report SWEEP_DIR_OR_PARQUET [--out DIR] [--mlflow-experiment NAME --tracking-uri URI]
+
+SWEEP_DIR holds results.parquet and, optionally, trials/<trial>/predictions.npz, heatmaps_over_time.npz and
+*.png; figures whose inputs are missing are skipped with a note. --out defaults to SWEEP_DIR/report. With
+--mlflow-experiment the output folder is also logged as artifacts of a new run in that experiment.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures
+from analysis.compare import CONFIDENCE, N_RESAMPLES, comparisons
+from analysis.paper import METHOD_LABELS, TABLES, dataset_label, method_label
+from analysis.tables import all_tables, check_rows, cost_table, format_cost, to_html, to_latex, to_markdown, \
+    trial_summary
+
+__all__ = ["load_rows", "representative_trials", "load_npz", "build_report", "log_to_mlflow", "main"]
+
+log = logging.getLogger("analysis.report")
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1250px;color:#222}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;margin-top:28px}h3{font-size:15px}
+div.wide{overflow-x:auto}table.result{border-collapse:collapse;font-size:12px;margin:6px 0}
+table.result th,table.result td{border:1px solid #ccc;padding:2px 5px;text-align:right}
+table.result thead th{background:#f0f0f0;text-align:center}table.result tbody th{text-align:left;white-space:nowrap}
+table.result tbody tr:nth-child(even){background:#fafafa}
+p.caption,p.note{font-size:13px;color:#555}li{font-size:14px;margin:3px 0}
+img{display:block;max-width:100%;border:1px solid #eee;margin:4px 0}.sig{color:#064}.nsig{color:#666}"""
+
+
+def load_rows(path: str | Path) -> tuple[pd.DataFrame, Path]:
+    """(rows, sweep folder) from a sweep folder (its results.parquet) or a parquet file."""
+    p = Path(path)
+    parquet = p / "results.parquet" if p.is_dir() else p
+    if not parquet.is_file():
+        raise FileNotFoundError(f"no result rows at {parquet}")
+    return check_rows(pd.read_parquet(parquet)), parquet.parent
+
+
+def representative_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """One finished trial per (dataset, task, method) for figures: seeds phase first, then the lowest seed."""
+    t = trial_summary(df)
+    order = {m: i for i, m in enumerate(METHOD_LABELS)}
+    t = t[t["finished"]].assign(rank=lambda x: (x["phase"] != "seeds").astype(int),
+                                m_order=lambda x: x["method"].map(order).fillna(len(order)))
+    t = t.sort_values(["rank", "seed", "trial"]).groupby(["dataset", "task", "method"], sort=False).head(1)
+    return t.sort_values(["dataset", "task", "m_order"]).drop(columns=["rank", "m_order"])
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an .npz file, or None (with a log line) when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        log.warning("cannot read %s: %s", path, e)
+        return None
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{html.escape(alt)}">'
+
+
+def _figure_html(make: Any, alt: str, notes: list[str], *args: Any, **kw: Any) -> str:
+    """Call a figure function; its PNG inline, or '' and a note when it has nothing to draw or fails."""
+    try:
+        fig = make(*args, **kw)
+    except Exception as e:  # a malformed artifact must not sink the report
+        notes.append(f"{alt}: figure failed ({type(e).__name__}: {e})")
+        return ""
+    return "" if fig is None else _img(figures.to_data_uri(fig), alt)
+
+
+def _figures(df: pd.DataFrame, sweep_dir: Path | None, notes: list[str]) -> str:
+    parts = []
+    reps = representative_trials(df)
+    for (dataset, task), g in reps.groupby(["dataset", "task"], sort=True):
+        head = f"{dataset_label(str(dataset))} ({task})"
+        preds: dict[str, dict[str, np.ndarray]] = {}
+        section = []
+        for r in g.itertuples(index=False):
+            tdir = None if sweep_dir is None else sweep_dir / "trials" / str(r.trial)
+            npz = None if tdir is None else load_npz(tdir / "predictions.npz")
+            if npz is None:
+                notes.append(f"{head}, {method_label(r.method)}: no predictions.npz for trial {r.trial}; figure skipped")
+            else:
+                preds[str(r.method)] = npz
+                section.append(_figure_html(figures.example_figure, f"{head}: {method_label(r.method)} examples",
+                                            notes, title=f"{method_label(r.method)}, trial {r.trial}", **npz))
+            hm = None if tdir is None else load_npz(tdir / "heatmaps_over_time.npz")
+            if hm is not None:
+                section.append(f"<h4>Heatmap during training, {html.escape(method_label(r.method))} (Figure 7c)</h4>"
+                               + _figure_html(figures.heatmap_figure, f"{head}: heatmap over training", notes, **hm))
+            pngs = sorted(tdir.glob("*.png"))[:4] if tdir is not None and tdir.is_dir() else []
+            section += [_img("data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii"),
+                             f"{r.trial}/{p.name}") for p in pngs]
+        if len(preds) > 1:
+            section.insert(0, _figure_html(figures.methods_figure, f"{head}: methods side by side", notes, preds,
+                                           title="All methods on the same test images (Figure 2 style)"))
+        if any(section):
+            parts.append(f"<h3>{html.escape(head)}</h3>" + "\n".join(s for s in section if s))
+    loss = _figure_html(figures.loss_figure, "training losses", notes, df)
+    cost = _figure_html(figures.quality_cost_figure, "quality against cost", notes, df)
+    if loss:
+        parts.append("<h3>Training losses (Figure 7 a, b)</h3>" + loss)
+    if cost:
+        parts.append("<h3>Quality against cost</h3><p class='note'>Final headline metric of each trial against "
+                     "its training core-seconds; o = search trial, ^ = seed trial.</p>" + cost)
+    return "\n".join(parts) or "<p class='note'>No figures: no predictions or training curves found.</p>"
+
+
+def _comparisons_html(comps: pd.DataFrame) -> str:
+    """Sentences where at least one seed pairs; one line per table row listing the baselines with none."""
+    items = []
+    for r in comps[comps["n"] > 0].itertuples(index=False):
+        cls = "nsig" if r.sentence.startswith("No significant") or r.ci == "n too small" else "sig"
+        items.append(f"<li class='{cls}'>Table {r.table}: {html.escape(r.sentence)}</li>")
+    none = comps[comps["n"] == 0]
+    for (t, row), g in none.groupby(["table", "row"], sort=False):
+        names = ", ".join(method_label(m) for m in g["baseline"])
+        items.append(f"<li class='nsig'>Table {t}, {html.escape(str(row))}: not compared with {html.escape(names)} "
+                     "(no seed with results for both).</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def _summary(df: pd.DataFrame) -> str:
+    t = trial_summary(df)
+    items = {"sweeps": sorted(t["sweep"].astype(str).unique()), "scales": sorted(t["scale"].astype(str).unique()),
+             "tasks": sorted(t["task"].astype(str).unique()),
+             "datasets": [dataset_label(d) for d in sorted(t["dataset"].astype(str).unique())],
+             "methods": [method_label(m) for m in sorted(t["method"].astype(str).unique())]}
+    lis = "".join(f"<li><b>{k}</b>: {html.escape(', '.join(v))}</li>" for k, v in items.items())
+    warn = ("<p class='note'><b>Several scales are mixed in these rows; the tables pool them.</b></p>"
+            if len(items["scales"]) > 1 else "")
+    return (f"<ul>{lis}<li><b>trials</b>: {len(t)} ({int((t['phase'] == 'search').sum())} search, "
+            f"{int((t['phase'] == 'seeds').sum())} seeds), {len(df):,} rows</li></ul>{warn}")
+
+
+def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_dir: str | Path | None = None,
+                 title: str = "mist-bench report") -> Path:
+    """Write report.html (self-contained) and the tables as Markdown/LaTeX/CSV into out_dir; return the HTML path."""
+    df = check_rows(df)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep = None if sweep_dir is None else Path(sweep_dir)
+    tables, comps, cost = all_tables(df), comparisons(df), cost_table(df)
+    notes: list[str] = []
+    md, tex, body = [f"# {title}\n"], [], [f"<h1>{html.escape(title)}</h1>", _summary(df)]
+    body.append("<h2>Tables 1-4</h2><p class='note'>ours = mean ± sample std over seeds (n trials; the seeds phase "
+                "when there is one, else every final trial); paper = as printed; Δ = ours − paper. "
+                "Tables 2-4 are in percent. — = no result.</p>")
+    for tid, (cells, wide) in tables.items():
+        spec = TABLES[tid]
+        body.append(f"<h3>{html.escape(spec.title)}</h3><p class='caption'>Paper: {html.escape(spec.caption)}</p>"
+                    + f"<div class='wide'>{to_html(wide)}</div>")
+        md.append(f"## {spec.title}\n\n{to_markdown(wide)}\n")
+        tex.append(to_latex(wide, caption=spec.title, label=f"tab:mist-bench-{tid}"))
+    pd.concat([c for c, _ in tables.values()]).to_csv(out / "cells.csv", index=False)
+    body.append(f"<h2>MIST against each baseline, paired by seed</h2><p class='note'>difference = MIST − baseline "
+                f"per seed; {int(CONFIDENCE * 100)}% CI: percentile bootstrap ({N_RESAMPLES:,} resamples) for n ≥ 3, "
+                "paired t for n = 2.</p>")
+    if comps.empty:
+        body.append("<p class='note'>No MIST results to compare.</p>")
+    else:
+        body.append(_comparisons_html(comps))
+        md.append("## MIST against each baseline\n\n" + "\n".join(f"- Table {t}: {s}" for t, s in
+                                                                   zip(comps["table"], comps["sentence"])) + "\n")
+    comps.to_csv(out / "comparisons.csv", index=False)
+    cost.to_csv(out / "cost.csv", index=False)
+    fc = format_cost(cost)
+    body.append("<h2>Cost</h2><p class='note'>core-seconds = a trial's final cumulative training CPU seconds; "
+                "trials = search + seeds, so unequal budgets show.</p>" + to_html(fc, index=False))
+    md.append(f"## Cost\n\n{to_markdown(fc, index=False)}\n")
+    body.append("<h2>Figures</h2>" + _figures(df, sweep, notes))
+    if notes:
+        body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body.append(f"<p class='note'>Generated {stamp} by analysis.report.</p>")
+    page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    (out / "tables.md").write_text("\n".join(md), encoding="utf-8")
+    (out / "tables.tex").write_text("\n".join(tex), encoding="utf-8")
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def log_to_mlflow(out_dir: Path, experiment: str, tracking_uri: str | None = None) -> str:
+    """Log the report folder as artifacts of a new run named 'benchmark-report'; return the run id."""
+    import mlflow  # slow import: only when asked
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="benchmark-report") as run:
+        mlflow.log_artifacts(str(out_dir), artifact_path="report")
+        return run.info.run_id
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("source", help="a sweep folder (with results.parquet) or a results parquet file")
+    ap.add_argument("--out", help="output folder (default: SWEEP_DIR/report)")
+    ap.add_argument("--title", default="mist-bench report")
+    ap.add_argument("--mlflow-experiment", help="also log the report as artifacts of a run in this experiment")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default)")
+    a = ap.parse_args(argv)
+    try:
+        df, sweep_dir = load_rows(a.source)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    path = build_report(df, a.out or sweep_dir / "report", sweep_dir, a.title)
+    if a.mlflow_experiment:
+        run_id = log_to_mlflow(path.parent, a.mlflow_experiment, a.tracking_uri)
+        print(f"logged to MLflow experiment {a.mlflow_experiment!r}, run {run_id}", file=sys.stderr)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""Test-wide settings: a private dataset cache (never the user's ~/.cache), few threads."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    old = os.environ.get("MIST_CACHE_DIR")
+    os.environ["MIST_CACHE_DIR"] = str(tmp_path_factory.mktemp("mist-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MIST_CACHE_DIR", None)
+    else:
+        os.environ["MIST_CACHE_DIR"] = old

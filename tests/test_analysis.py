@@ -1,0 +1,171 @@
+"""analysis: tables in the paper's layout, paired comparisons, cost, and the self-contained HTML report,
+from a small hand-made set of tidy result rows (no training)."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import compare, paper, report, tables
+
+# Final values: (table, task, dataset, method) -> {seed: {metric: value}}. grid lacks seed 2 on MNIST hard;
+# channel-wise, AIR, Zhang and every other table's methods are missing entirely.
+FINAL = {
+    ("1", "recon", "mnist_easy", "mist"): {0: {"rmse": 0.040, "det_rate": 0.90}, 1: {"rmse": 0.042, "det_rate": 0.92},
+                                           2: {"rmse": 0.044, "det_rate": 0.94}},
+    ("1", "recon", "mnist_easy", "grid"): {0: {"rmse": 0.050, "det_rate": 0.10}, 1: {"rmse": 0.053, "det_rate": 0.11},
+                                           2: {"rmse": 0.053, "det_rate": 0.12}},
+    ("1", "recon", "mnist_hard", "mist"): {0: {"rmse": 0.050, "det_rate": 0.80}, 1: {"rmse": 0.060, "det_rate": 0.85},
+                                           2: {"rmse": 0.070, "det_rate": 0.90}},
+    ("1", "recon", "mnist_hard", "grid"): {0: {"rmse": 0.065, "det_rate": 0.2}, 1: {"rmse": 0.055, "det_rate": 0.3}},
+    ("2", "classify", "mnist_hard", "mist"): {0: {"det_rate": 0.97, "cls_acc": 0.99}, 1: {"det_rate": 0.98, "cls_acc": 0.99},
+                                              2: {"det_rate": 0.99, "cls_acc": 0.99}},
+}
+
+
+def _rows() -> pd.DataFrame:
+    rows = []
+
+    def add(trial, phase, table, task, dataset, method, seed, step, final, metric, value, core):
+        rows.append(dict(sweep="fixture", trial=trial, phase=phase, method=method, dataset=dataset, table=table,
+                         task=task, scale="smoke", seed=seed, step=step, final=final, metric=metric, value=value,
+                         core_seconds=core, wall_seconds=core / 2, params_json="{}"))
+
+    for (table, task, dataset, method), per_seed in FINAL.items():
+        for seed, mets in per_seed.items():
+            trial = f"{method}_{dataset}_{task}_s{seed}"
+            core = 10.0 * (seed + 1)
+            for step, loss in ((10, 1.0 + seed), (20, 0.5 + seed)):  # training curves, then the final evaluation
+                add(trial, "seeds", table, task, dataset, method, seed, step, False, "train_task", loss, core * step / 20)
+            for metric, value in mets.items():
+                add(trial, "seeds", table, task, dataset, method, seed, 20, True, metric, value, core)
+    # a search trial: counted in cost, never in the tables (a seeds phase exists)
+    add("mist_easy_search0", "search", "1", "recon", "mnist_easy", "mist", 0, 20, True, "rmse", 0.5, 7.0)
+    add("mist_easy_search0", "search", "1", "recon", "mnist_easy", "mist", 0, 10, False, "train_task", 3.0, 3.0)
+    return pd.DataFrame(rows)
+
+
+def _cell(cells: pd.DataFrame, row: str, column: str) -> pd.Series:
+    return cells[(cells["row"] == row) & (cells["column"] == column)].iloc[0]
+
+
+def test_paper_numbers_are_encoded() -> None:
+    t = paper.TABLES
+    assert t["1"].paper[("MNIST hard", "Grid")] == 0.062 and t["1"].paper[("Gabor", "Grid")] is None
+    assert t["2"].paper[("Both", "Ch.-wise")] == 24.8 and t["3"].paper[("{6, 7, 8, 9}", "MIST (AP@IoU .50)")] == 90.1
+    assert t["4"].paper[("AP@IoU .90", "Supervised")] == 11.0 and len(t["4"].rows) == 6
+
+
+def test_tables_values_and_missing() -> None:
+    out = tables.all_tables(_rows())
+    cells1, wide1 = out["1"]
+    assert wide1.loc["MNIST easy", ("MIST", "ours")] == "0.042 ± 0.002 (n=3)"  # search trial (0.5) excluded
+    assert wide1.loc["MNIST easy", ("MIST", "paper")] == "0.038"
+    assert wide1.loc["MNIST easy", ("MIST", "Δ")] == "+0.004"
+    assert wide1.loc["MNIST easy", ("Grid", "ours")] == "0.052 ± 0.002 (n=3)"
+    assert wide1.loc["MNIST hard", ("MIST", "ours")] == "0.060 ± 0.010 (n=3)"
+    assert wide1.loc["MNIST hard", ("Grid", "ours")] == "0.060 ± 0.007 (n=2)"  # missing seed 2
+    assert wide1.loc["MNIST hard", ("Grid", "Δ")] == "-0.002"
+    assert wide1.loc["MNIST hard", ("Ch.-wise", "ours")] == "— (n=0)"  # missing method
+    assert wide1.loc["MNIST hard", ("Ch.-wise", "Δ")] == "—" and wide1.loc["Gabor", ("Grid", "paper")] == "-"
+    c = _cell(cells1, "MNIST hard", "Grid")
+    assert c["n"] == 2 and c["seeds"] == "0,1" and math.isclose(c["std"], np.std([0.065, 0.055], ddof=1))
+    assert list(wide1.index) == ["MNIST easy", "MNIST hard", "Gabor"]
+    assert [m for m, _ in wide1.columns[::3]] == ["MIST", "Grid", "Ch.-wise", "Esl16", "Zha18"]
+    _, wide2 = out["2"]  # percent, and a task filter: the recon det_rate rows must not leak in
+    assert wide2.loc["IoU 50%", ("MIST", "ours")] == "98.0 ± 1.0 (n=3)"
+    assert wide2.loc["IoU 50%", ("MIST", "Δ")] == "+0.2"
+    assert wide2.loc["Both", ("Supervised", "ours")] == "— (n=0)"
+    assert (out["4"][1].xs("ours", axis=1, level=1) == "— (n=0)").all().all()  # a table with no results at all
+    md, tex, htm = tables.to_markdown(wide1), tables.to_latex(wide1), tables.to_html(wide1)
+    assert "0.042 ± 0.002 (n=3)" in md and "| MNIST hard" in md
+    assert r"0.042 $\pm$ 0.002 (n=3)" in tex and r"\begin{tabular}" in tex
+    assert "0.042&nbsp;±&nbsp;0.002 (n=3)" in htm and "<table" in htm
+
+
+def test_paired_comparisons() -> None:
+    comps = compare.comparisons(_rows()).set_index(["table", "row", "baseline"])
+    easy = comps.loc[("1", "MNIST easy", "grid")]
+    assert easy["n"] == 3 and easy["ci"] == "bootstrap" and math.isclose(easy["mean_diff"], -0.010, abs_tol=1e-12)
+    assert -0.011 - 1e-12 <= easy["ci_low"] <= easy["ci_high"] <= -0.009 + 1e-12  # percentile CI of 3 diffs
+    assert easy["sentence"] == ("MIST has lower RMSE than Grid on MNIST easy (better): mean difference -0.0100, "
+                                "95% CI [-0.0110, -0.0090], 3 seeds (bootstrap).")
+    hard = comps.loc[("1", "MNIST hard", "grid")]  # seeds 0 and 1 pair; diffs -0.015, +0.005
+    half = stats.t.ppf(0.975, 1) * np.std([-0.015, 0.005], ddof=1) / np.sqrt(2)
+    assert hard["n"] == 2 and hard["ci"] == "paired t" and hard["seeds"] == "0,1"
+    assert math.isclose(hard["ci_low"], -0.005 - half) and math.isclose(hard["ci_high"], -0.005 + half)
+    assert hard["sentence"].startswith("No significant difference between MIST and Grid in RMSE on MNIST hard")
+    assert "includes 0, 2 seeds (paired t)" in hard["sentence"]
+    cw = comps.loc[("1", "MNIST hard", "channelwise")]
+    assert cw["n"] == 0 and "n=0" in cw["sentence"] and math.isnan(cw["ci_low"])
+    assert compare.paired_ci(np.array([0.1]))[2] == "n too small"
+    assert ("2", "IoU 50%", "channelwise") in comps.index  # MIST ran, the baseline did not
+
+
+def test_cost_counts_search_and_seeds() -> None:
+    cost = tables.cost_table(_rows()).set_index(["table", "dataset", "method"])
+    easy = cost.loc[("1", "mnist_easy", "mist")]
+    assert (easy["trials_search"], easy["trials_seeds"], easy["trials"]) == (1, 3, 4)
+    assert math.isclose(easy["core_seconds_total"], 10 + 20 + 30 + 7) and math.isclose(easy["core_seconds_mean"], 67 / 4)
+    assert cost.loc[("1", "mnist_hard", "grid")]["trials"] == 2
+
+
+def _write_sweep(root: Path) -> Path:
+    sweep = root / "fixture"
+    sweep.mkdir()
+    _rows().to_parquet(sweep / "results.parquet")
+    rng = np.random.default_rng(0)
+    for method in ("mist", "grid"):  # figures inputs for MNIST hard; none for MNIST easy (skipped with a note)
+        d = sweep / "trials" / f"{method}_mnist_hard_recon_s0"
+        d.mkdir(parents=True)
+        images = rng.random((2, 1, 32, 32)).astype(np.float32)
+        boxes = np.tile(np.array([[2, 2, 12, 12], [15, 4, 27, 16], [5, 18, 17, 30]], np.float32), (2, 1, 1))
+        np.savez(d / "predictions.npz", images=images, boxes=boxes, scores=rng.random((2, 3)),
+                 recon=images * 0.9, patches=rng.random((2, 3, 1, 8, 8)), gt_boxes=boxes,
+                 gt_labels=np.ones((2, 3), np.int64), gt_counts=np.array([3, 2]))
+    np.savez(sweep / "trials" / "mist_mnist_hard_recon_s0" / "heatmaps_over_time.npz", steps=np.arange(0, 50, 10),
+             heatmaps=rng.random((5, 32, 32)), image=rng.random((1, 32, 32)))
+    return sweep
+
+
+def test_report_html_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = _write_sweep(tmp_path)
+    out = tmp_path / "out"
+    assert report.main([str(sweep), "--out", str(out)]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == out / "report.html"
+    page = path.read_text(encoding="utf-8")
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert len(srcs) >= 5 and all(s.startswith("data:image/png;base64,") for s in srcs)  # nothing external
+    assert 'src="http' not in page and "<script" not in page and "<link" not in page
+    assert "0.042&nbsp;±&nbsp;0.002 (n=3)" in page and "— (n=0)" in page
+    assert "MIST has lower RMSE than Grid on MNIST easy (better)" in page
+    assert "no predictions.npz" in page  # MNIST easy figure inputs are missing: noted, not fatal
+    for name in ("tables.md", "tables.tex", "cells.csv", "comparisons.csv", "cost.csv"):
+        assert (out / name).stat().st_size > 0
+    assert report.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_report_without_figure_inputs(tmp_path: Path) -> None:
+    rows = _rows()
+    rows = rows[~rows["metric"].str.startswith("train_")]
+    path = report.build_report(rows, tmp_path / "r")  # no sweep folder, no curves: tables only
+    page = path.read_text(encoding="utf-8")
+    assert "Table 4" in page and "data:image/png;base64," in page  # the quality-vs-cost plot remains
+
+
+def test_main_passes_mlflow_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    _rows().to_parquet(sweep / "results.parquet")
+    calls = []
+    monkeypatch.setattr(report, "build_report", lambda df, out, sweep_dir, title: Path(out) / "report.html")
+    monkeypatch.setattr(report, "log_to_mlflow", lambda out, exp, uri: calls.append((out, exp, uri)) or "run0")
+    argv = [str(sweep / "results.parquet"), "--mlflow-experiment", "bench", "--tracking-uri", "sqlite:///x.db"]
+    assert report.main(argv) == 0
+    assert calls == [(sweep / "report", "bench", "sqlite:///x.db")]  # default --out: beside the rows

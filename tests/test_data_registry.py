@@ -1,0 +1,72 @@
+"""Dataset names, configs and the content-addressed cache."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mist_core.config import ConfigError, StrictConfig
+from mist_core.data import DATASETS, dataset_config, dataset_name, load_splits
+from mist_core.data import registry
+from mist_core.data.cache import default_cache_dir
+from mist_core.data.preview import write_preview
+
+NAMES = ["mnist_easy", "mnist_hard", "mnist_hard_k9", "mnist_hard_k6_9", "mnist_hard_k3_9", "mnist_uneven", "gabor", "svhn"]
+
+
+def test_every_name_has_a_strict_config_with_the_common_fields():
+    assert sorted(DATASETS) == sorted(NAMES)
+    for name, cls in DATASETS.items():
+        assert issubclass(cls, StrictConfig)
+        assert {"n_train", "n_test", "seed"} <= set(cls.model_fields), name
+        if name.startswith("mnist"):
+            assert cls.model_fields["digits_dir"].default is None
+            assert dataset_name(dataset_config(name, {})) == name
+
+
+def test_unknown_name_key_or_type():
+    with pytest.raises(ConfigError, match="mnist_hardest"):
+        dataset_config("mnist_hardest", {})
+    with pytest.raises(ConfigError, match="n_trian: unknown key"):
+        dataset_config("mnist_hard", {"n_trian": 5})
+    with pytest.raises(ConfigError, match="seed"):
+        dataset_config("gabor", {"seed": 1.5})
+
+
+def _counting(monkeypatch, name):
+    calls = []
+    entry = registry.ENTRIES[name]
+
+    def generate(cfg):
+        calls.append(cfg)
+        return entry.generate(cfg)
+    monkeypatch.setitem(registry.ENTRIES, name, dataclasses.replace(entry, generate=generate))
+    return calls
+
+
+def test_second_load_is_a_cache_hit(monkeypatch, tmp_path):
+    calls = _counting(monkeypatch, "mnist_hard")
+    cfg = dataset_config("mnist_hard", {"n_train": 5, "n_test": 3})
+    a = load_splits(cfg, cache_dir=tmp_path)
+    b = load_splits(dataset_config("mnist_hard", {"n_train": 5, "n_test": 3}), cache_dir=tmp_path)
+    assert len(calls) == 1 and a.train.images.tobytes() == b.train.images.tobytes()
+    assert len(list(tmp_path.glob("mnist_hard-*.npz"))) == 1
+    load_splits(cfg.replace(seed=1), cache_dir=tmp_path)  # another config: another entry
+    assert len(calls) == 2 and len(list(tmp_path.iterdir())) == 2
+
+
+def test_default_cache_dir_follows_env_and_damaged_entry_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setenv("MIST_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    calls = _counting(monkeypatch, "gabor")
+    cfg = dataset_config("gabor", {"n_train": 2, "n_test": 1, "canvas": 32})
+    load_splits(cfg)
+    (entry,) = (tmp_path / "c").iterdir()
+    entry.write_bytes(entry.read_bytes()[:100])
+    assert len(load_splits(cfg).train) == 2 and len(calls) == 2
+
+
+def test_preview_writes_a_png(tmp_path):
+    s = load_splits(dataset_config("mnist_hard", {"n_train": 3, "n_test": 2}), use_cache=False)
+    path = write_preview(s, tmp_path / "p.png", n=4)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
