@@ -29,6 +29,18 @@ def tune_allocator(mmap_threshold: int = 32 * 1024 * 1024, trim_threshold: int =
     return ok
 
 
+def configure_torch(threads: int | None = None) -> int:
+    """Per-process torch settings for training: flush denormals to zero, and the intra-op thread count.
+
+    The local spatial softmax and the sigmoid tails produce subnormal floats; on x86 CPUs arithmetic on them
+    is microcoded, and a quick-scale MIST step measured 6.6 s with them against 0.44 s flushed (same losses).
+    """
+    import torch
+
+    torch.set_flush_denormal(True)
+    return set_threads(threads)
+
+
 def set_threads(n: int | None) -> int:
     """Intra-op threads for torch (default: all cores this process may use). Returns the number set."""
     import torch

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mist_core import metrics
-from mist_core._runtime import set_threads
+from mist_core._runtime import configure_torch
 from mist_core.config import ConfigError, StrictConfig, parse_config
 from mist_core.data import dataset_config, load_splits
 from mist_core.data.container import MultiInstanceData, Splits
@@ -121,7 +121,7 @@ class Trainer:
         self.resolved = cfg if isinstance(cfg, Resolved) else resolve(cfg)
         r = self.resolved
         self.cfg, self.tcfg = r.run, r.train_cfg
-        set_threads(self.tcfg.threads)
+        configure_torch(self.tcfg.threads)
         torch.manual_seed(self.cfg.seed)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.splits = splits if splits is not None else load_splits(r.dataset_cfg, cache_dir=self.cfg.cache_dir)
