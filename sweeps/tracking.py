@@ -1,0 +1,296 @@
+"""MLflow for sweeps: one parent run per sweep, one nested run per trial, found again (by tag) after a resume.
+
+The driver prepares the store once (`prepare`: a fresh SQLite file is created here, before any trial, because two
+trials creating it at once raced with "duplicate column name"), opens the sweep's parent run and, at the end,
+terminates whatever a killed trial left RUNNING. Each trial logs from inside its own process with an MlflowClient
+(`TrialRun`): params = the resolved config (Resolved.as_params()), metrics at every report with their step,
+artifacts = a figure (inputs / detections / reconstructions) and the final predictions (npz).
+
+Ray's MLflowLoggerCallback is not used: after Tuner.restore it opened a second run for a resumed trial and left
+the first RUNNING. Here a trial's run is keyed by the tag mist.trial_key = <sweep uid>/<trial id>, which Tune keeps
+across restores, so a resumed trial continues its run (tag mist.attempts counts its starts).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+__all__ = ["absolute_uri", "sqlite_path", "prepare", "open_sweep_run", "close_sweep_run", "TrialRun",
+           "find_trial_run", "terminate_if_running", "make_figure", "save_predictions", "TAG_SWEEP", "TAG_TRIAL",
+           "TAG_ROLE", "TAG_ATTEMPTS"]
+
+TAG_SWEEP = "mist.sweep_uid"
+TAG_TRIAL = "mist.trial_key"
+TAG_ROLE = "mist.role"          # "sweep" (parent) or "trial"
+TAG_ATTEMPTS = "mist.attempts"  # how many times the trial started (1 unless it was resumed or retried)
+PARENT_TAG = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"                  # the description shown in the UI
+EXPERIMENT_KIND = "mlflow.experimentKind"     # MLflow 3's UI: "custom_model_development" = the classic runs view
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+# --- the store ------------------------------------------------------------------------------------------
+def absolute_uri(uri: str, cwd: str | os.PathLike | None = None) -> str:
+    """`sqlite:///rel.db` -> `sqlite:////abs/rel.db` against `cwd` (a trial's working dir differs)."""
+    base = Path(cwd or os.getcwd())
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((base / os.path.expanduser(uri[len("sqlite:///"):])).resolve())
+    if "://" not in uri and not uri.startswith(("databricks", "file:")):
+        return str((base / os.path.expanduser(uri)).resolve())  # a local directory store
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _retry(fn: Callable, *args, tries: int = 6, **kwargs):
+    """SQLite allows one writer: concurrent trials may see "database is locked" briefly."""
+    for i in range(tries):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            if i == tries - 1 or "locked" not in str(e).lower():
+                raise
+            time.sleep(0.2 * 2**i)
+
+
+def prepare(uri: str, experiment: str) -> str:
+    """Create the store (once, here in the driver) and the experiment; return the experiment id."""
+    from mlflow.exceptions import MlflowException
+
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        # artifacts beside a local SQLite file, not in whatever directory the first process happened to run in
+        location = (db.parent / "mlruns" / experiment).as_uri() if db is not None else None
+        try:
+            return client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:  # created meanwhile by another driver
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def describe_experiment(uri: str, experiment_id: str, note: str) -> None:
+    """The experiment's description, and the UI's "Model training" view (MLflow 3 otherwise guesses GenAI)."""
+    client = _client(uri)
+    _retry(client.set_experiment_tag, experiment_id, EXPERIMENT_KIND, "custom_model_development")
+    _retry(client.set_experiment_tag, experiment_id, NOTE, note)
+
+
+def _find(client, experiment_id: str, tags: dict[str, str]) -> list:
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return list(_retry(client.search_runs, [experiment_id], filter_string=flt, max_results=50))
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _param_str(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s[:6000]
+
+
+def _log_params(client, run_id: str, params: dict[str, Any], existing: dict[str, str] | None = None) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, _param_str(v)) for k, v in sorted(params.items()) if not existing or k not in existing]
+    for chunk in _chunks(items, 100):
+        _retry(client.log_batch, run_id, params=chunk)
+
+
+def open_sweep_run(uri: str, experiment_id: str, sweep_uid: str, name: str, tags: dict[str, str],
+                   params: dict[str, Any]) -> str:
+    """The sweep's parent run: created on the first start, reopened (RUNNING again) on a resume."""
+    client = _client(uri)
+    found = _find(client, experiment_id, {TAG_SWEEP: sweep_uid, TAG_ROLE: "sweep"})
+    if found:
+        run_id = found[0].info.run_id
+        _retry(client.update_run, run_id, status="RUNNING")
+        return run_id
+    run = _retry(client.create_run, experiment_id, run_name=name,
+                 tags={**{k: str(v) for k, v in tags.items() if v not in (None, "")}, TAG_SWEEP: sweep_uid,
+                       TAG_ROLE: "sweep"})
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def close_sweep_run(uri: str, experiment_id: str, sweep_uid: str, parent_run_id: str, status: str) -> int:
+    """Terminate the parent run; any trial run still RUNNING (its process was killed) becomes KILLED.
+
+    Returns the number of trial runs closed that way."""
+    client = _client(uri)
+    n = 0
+    for run in _find(client, experiment_id, {TAG_SWEEP: sweep_uid, TAG_ROLE: "trial"}):
+        if run.info.status == "RUNNING":
+            _retry(client.set_terminated, run.info.run_id, "KILLED")
+            n += 1
+    _retry(client.set_terminated, parent_run_id, status)
+    return n
+
+
+def find_trial_run(uri: str, experiment_id: str, trial_key: str):
+    runs = _find(_client(uri), experiment_id, {TAG_TRIAL: trial_key})
+    return runs[0] if runs else None
+
+
+def terminate_if_running(uri: str, experiment_id: str, trial_key: str, status: str) -> bool:
+    """Driver-side backstop when a trial completes/errs: its run must not stay RUNNING."""
+    run = find_trial_run(uri, experiment_id, trial_key)
+    if run is not None and run.info.status == "RUNNING":
+        _retry(_client(uri).set_terminated, run.info.run_id, status)
+        return True
+    return False
+
+
+# --- one trial ------------------------------------------------------------------------------------------
+class TrialRun:
+    """The MLflow run of one Tune trial, created on its first start and continued after a resume/retry."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_key: str, run_name: str,
+                 tags: dict[str, Any], params: dict[str, Any]):
+        self.client = _client(uri)
+        existing = _find(self.client, experiment_id, {TAG_TRIAL: trial_key})
+        if existing:
+            run = existing[0]
+            self.run_id = run.info.run_id
+            self.attempts = int(run.data.tags.get(TAG_ATTEMPTS, "1")) + 1
+            _retry(self.client.update_run, self.run_id, status="RUNNING")
+            _retry(self.client.set_tag, self.run_id, TAG_ATTEMPTS, str(self.attempts))
+            _log_params(self.client, self.run_id, params, existing=run.data.params)
+        else:
+            self.attempts = 1
+            all_tags = {**{k: str(v) for k, v in tags.items() if v not in (None, "")}, PARENT_TAG: parent_run_id,
+                        TAG_TRIAL: trial_key,
+                        TAG_ROLE: "trial", TAG_ATTEMPTS: "1"}
+            self.run_id = _retry(self.client.create_run, experiment_id, run_name=run_name, tags=all_tags).info.run_id
+            _log_params(self.client, self.run_id, params)
+        self.status = "RUNNING"
+
+    def log_report(self, report: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in report.items() if k not in ("step", "final")]
+        for chunk in _chunks(metrics, 1000):
+            _retry(self.client.log_batch, self.run_id, metrics=chunk)
+
+    def log_figure(self, fig, artifact_file: str) -> None:
+        _retry(self.client.log_figure, self.run_id, fig, artifact_file)
+
+    def log_file(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            _retry(self.client.set_tag, self.run_id, k, str(v))
+
+    def finish(self, status: str) -> None:
+        if self.status == "RUNNING":
+            _retry(self.client.set_terminated, self.run_id, status)
+            self.status = status
+
+
+# --- artifacts --------------------------------------------------------------------------------------------
+def _top_boxes(pred, i: int, count: int) -> np.ndarray:
+    boxes, scores = pred.boxes[i].numpy(), pred.scores[i].numpy()  # (K, 4), (K,)
+    order = np.argsort(-scores, kind="stable")[: max(count, 0)]
+    return boxes[order]
+
+
+def _show(ax, img: np.ndarray) -> None:
+    img = np.asarray(img, dtype=np.float32)  # (C, H, W)
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.clip(img[:3].transpose(1, 2, 0), 0, 1))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def make_figure(pred, data, n: int = 6, title: str = ""):
+    """Rows: inputs (ground-truth boxes), detections (top-`count` boxes by score), reconstructions, heatmaps."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    n = min(n, pred.boxes.shape[0], len(data))
+    images = data.float_images(slice(0, n))  # (n, C, H, W)
+    rows = [("input + ground truth", "gt"), ("detections", "det")]
+    if pred.recon is not None:
+        rows.append(("reconstruction", "recon"))
+    if pred.heatmap is not None:
+        rows.append(("heatmap", "heat"))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.9 * n, 1.9 * len(rows) + 0.4), squeeze=False)
+    for r, (label, kind) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            count = int(data.counts[i])
+            if kind == "recon":
+                _show(ax, pred.recon[i].numpy())
+            elif kind == "heat":
+                ax.imshow(pred.heatmap[i].numpy(), cmap="viridis")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                _show(ax, images[i])
+                boxes = data.boxes[i, :count] if kind == "gt" else _top_boxes(pred, i, count)
+                color = "lime" if kind == "gt" else "red"
+                for x0, y0, x1, y1 in np.asarray(boxes, dtype=float):
+                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.2, ec=color))
+            if i == 0:
+                ax.set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_predictions(pred, path: str | os.PathLike) -> Path:
+    """The final predictions as a compressed npz (reconstructions and heatmaps in float16)."""
+    arrays: dict[str, np.ndarray] = {"boxes": pred.boxes.numpy(), "scores": pred.scores.numpy()}
+    if pred.class_probs is not None:
+        arrays["class_probs"] = pred.class_probs.numpy()
+    if pred.recon is not None:
+        arrays["recon"] = pred.recon.numpy().astype(np.float16)
+    if pred.heatmap is not None:
+        arrays["heatmap"] = pred.heatmap.numpy().astype(np.float16)
+    path = Path(path)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def log_outputs(run: TrialRun, pred, data, title: str) -> None:
+    """The trial's figure and its final predictions."""
+    import matplotlib.pyplot as plt
+
+    fig = make_figure(pred, data, title=title)
+    try:
+        run.log_figure(fig, "figures/examples.png")
+    finally:
+        plt.close(fig)
+    with tempfile.TemporaryDirectory() as d:
+        run.log_file(save_predictions(pred, Path(d) / "predictions.npz"), "predictions")
