@@ -80,9 +80,9 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     rc = sweep_main(args)
     if rc:
         return rc
-    from sweeps.config import load_sweep_config
+    from sweeps.config import load_sweep
 
-    name = load_sweep_config(config).name
+    name = load_sweep(config).name
     return report_main([str(Path(a.storage) / name), "--out", str(Path(a.storage) / name / "report")])
 
 

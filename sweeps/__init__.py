@@ -3,8 +3,15 @@
     python -m sweeps.run sweeps/configs/smoke.yaml            # local Ray, MLflow in ./mlflow.db
     python -m sweeps.run sweeps/configs/smoke.yaml --resume   # continue an interrupted sweep
 
-sweeps.config   the schema of a sweep config and its validation (every (dataset, method) cell resolved up front)
-sweeps.run      the runner: phase 1 Optuna search per cell, phase 2 the best config on every seed
-sweeps.tracking MLflow: one parent run per sweep, one nested run per trial (found again after a resume)
-sweeps.results  tidy rows -> storage/<sweep>/results.parquet, `load_results(path)`
+sweeps.config     the schema of a sweep config and its validation (every (dataset, method) cell resolved up front)
+sweeps.run        the command line (`main(argv)`, `run_sweep`)
+sweeps.driver     the runner: phase 1 Optuna search per cell, phase 2 the best config on every seed
+sweeps.search     phase 1 in Tune's terms: search space, Optuna searcher, ASHA, the best trial
+sweeps.trial      the Tune trainable: one trial = one Trainer run, checkpointed, in its own MLflow run
+sweeps.progress   the driver's Tune callback: progress lines, tidy rows, no trial run left RUNNING
+sweeps.store      the sweep's directory on storage (sweep.json, best parameters) and --resume / --fresh
+sweeps.cluster    joining or starting Ray; warnings about paths other nodes cannot reach
+sweeps.interrupts Ctrl-C and SIGTERM: the sweep ends as interrupted, resumable
+sweeps.tracking   MLflow: one parent run per sweep, one nested run per trial (found again after a resume)
+sweeps.results    tidy rows -> storage/<sweep>/results.parquet, `load_results(path)`
 """

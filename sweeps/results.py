@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = ["COLUMNS", "SCHEMA", "RESULTS_FILE", "report_rows", "ResultsWriter", "load_results", "write_atomic"]
+__all__ = ["COLUMNS", "SCHEMA", "RESULTS_FILE", "report_rows", "ResultsWriter", "load_results", "write_atomic",
+           "read_bytes", "delete_dir"]
 
 RESULTS_FILE = "results.parquet"
 SCHEMA = pa.schema([
@@ -67,6 +68,12 @@ def read_bytes(path: str) -> bytes | None:
         return None
     with fs.open_input_stream(p) as f:
         return f.read()
+
+
+def delete_dir(path: str) -> None:
+    """Delete a directory and everything in it (a local path or a URI such as s3://...)."""
+    fs, p = _fs(path)
+    fs.delete_dir(p)
 
 
 def _table(rows: Iterable[dict[str, Any]]) -> pa.Table:

@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-__all__ = ["absolute_uri", "sqlite_path", "prepare", "open_sweep_run", "close_sweep_run", "TrialRun",
-           "find_trial_run", "terminate_if_running", "make_figure", "save_predictions", "TAG_SWEEP", "TAG_TRIAL",
-           "TAG_ROLE", "TAG_ATTEMPTS"]
+__all__ = ["absolute_uri", "sqlite_path", "prepare", "open_sweep_run", "close_sweep_run", "log_metrics", "TrialRun",
+           "trial_key", "find_trial_run", "terminate_if_running", "make_figure", "save_predictions", "TAG_SWEEP",
+           "TAG_TRIAL", "TAG_ROLE", "TAG_ATTEMPTS"]
 
 TAG_SWEEP = "mist.sweep_uid"
 TAG_TRIAL = "mist.trial_key"
@@ -120,6 +120,20 @@ def _log_params(client, run_id: str, params: dict[str, Any], existing: dict[str,
         _retry(client.log_batch, run_id, params=chunk)
 
 
+def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for chunk in _chunks(items, 1000):
+        _retry(client.log_batch, run_id, metrics=chunk)
+
+
+def _tag_strs(tags: dict[str, Any]) -> dict[str, str]:
+    """Tags as strings; None and "" are left out."""
+    return {k: str(v) for k, v in tags.items() if v not in (None, "")}
+
+
 def open_sweep_run(uri: str, experiment_id: str, sweep_uid: str, name: str, tags: dict[str, str],
                    params: dict[str, Any]) -> str:
     """The sweep's parent run: created on the first start, reopened (RUNNING again) on a resume."""
@@ -130,8 +144,7 @@ def open_sweep_run(uri: str, experiment_id: str, sweep_uid: str, name: str, tags
         _retry(client.update_run, run_id, status="RUNNING")
         return run_id
     run = _retry(client.create_run, experiment_id, run_name=name,
-                 tags={**{k: str(v) for k, v in tags.items() if v not in (None, "")}, TAG_SWEEP: sweep_uid,
-                       TAG_ROLE: "sweep"})
+                 tags={**_tag_strs(tags), TAG_SWEEP: sweep_uid, TAG_ROLE: "sweep"})
     _log_params(client, run.info.run_id, params)
     return run.info.run_id
 
@@ -148,6 +161,16 @@ def close_sweep_run(uri: str, experiment_id: str, sweep_uid: str, parent_run_id:
             n += 1
     _retry(client.set_terminated, parent_run_id, status)
     return n
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log {name: value} on a run (e.g. the sweep's summary on its parent run)."""
+    _log_metrics(_client(uri), run_id, metrics, step)
+
+
+def trial_key(sweep_uid: str, trial_id: str) -> str:
+    """The key of a trial's run (tag TAG_TRIAL): Tune keeps the trial id across restores, the uid tells sweeps apart."""
+    return f"{sweep_uid}/{trial_id}"
 
 
 def find_trial_run(uri: str, experiment_id: str, trial_key: str):
@@ -181,20 +204,14 @@ class TrialRun:
             _log_params(self.client, self.run_id, params, existing=run.data.params)
         else:
             self.attempts = 1
-            all_tags = {**{k: str(v) for k, v in tags.items() if v not in (None, "")}, PARENT_TAG: parent_run_id,
-                        TAG_TRIAL: trial_key,
-                        TAG_ROLE: "trial", TAG_ATTEMPTS: "1"}
+            all_tags = {**_tag_strs(tags), PARENT_TAG: parent_run_id, TAG_TRIAL: trial_key, TAG_ROLE: "trial",
+                        TAG_ATTEMPTS: "1"}
             self.run_id = _retry(self.client.create_run, experiment_id, run_name=run_name, tags=all_tags).info.run_id
             _log_params(self.client, self.run_id, params)
         self.status = "RUNNING"
 
     def log_report(self, report: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in report.items() if k not in ("step", "final")]
-        for chunk in _chunks(metrics, 1000):
-            _retry(self.client.log_batch, self.run_id, metrics=chunk)
+        _log_metrics(self.client, self.run_id, {k: v for k, v in report.items() if k not in ("step", "final")}, step)
 
     def log_figure(self, fig, artifact_file: str) -> None:
         _retry(self.client.log_figure, self.run_id, fig, artifact_file)

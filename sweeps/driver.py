@@ -1,0 +1,246 @@
+"""The driver: a validated plan -> phase 1 (a search per cell) -> phase 2 (every cell on every seed), in Tune.
+
+One Tune experiment per search cell (storage/<sweep>/search-<dataset>-<method>) and one for the seeds
+(storage/<sweep>/seeds), each restored from storage when it exists (a resumed sweep keeps its finished trials; the
+unfinished and errored ones resume from their last checkpoint). The sweep is one MLflow parent run, opened here and
+closed here with the sweep's status; its trials are `sweeps.trial.trainable`, watched by `SweepProgress`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import time
+from typing import Any
+
+from sweeps import cluster, search, tracking
+from sweeps.config import Cell, Plan
+from sweeps.interrupts import Interrupted, raise_on_sigterm, tune_caught_sigint
+from sweeps.progress import SweepProgress, activate, say
+from sweeps.results import RESULTS_FILE, ResultsWriter
+from sweeps.store import SWEEP_FILE, SweepDir
+from sweeps.trial import FAULT_ENV, trainable, trial_name
+
+__all__ = ["Sweep", "SEEDS_EXPERIMENT"]
+
+SEEDS_EXPERIMENT = "seeds"
+
+
+class Sweep:
+    def __init__(self, p: Plan, args: argparse.Namespace):
+        self.plan, self.cfg, self.args = p, p.sweep, args
+        self.store = SweepDir(args.storage or self.cfg.storage, self.cfg.name)
+        self.root, self.dir = self.store.root, self.store.path
+        self.errors: list[str] = []
+
+    def _info(self) -> dict[str, Any]:
+        return {"sweep": self.cfg.name, "t0": getattr(self, "t0", time.time())}
+
+    def _resume_command(self) -> str:
+        argv = [a for a in getattr(self.args, "argv", [self.args.config]) if a not in ("--resume", "--fresh")]
+        return "python -m sweeps.run " + " ".join(argv + ["--resume"])
+
+    def _note(self) -> str:
+        c = self.cfg
+        table = f"paper Table {c.table}" if c.table else "not a paper table"
+        return (f"mist-bench sweep **{c.name}** ({table}): task {c.task}, scale {c.scale}; methods "
+                f"{', '.join(c.methods)} on {', '.join(c.datasets)}; seeds {list(c.seeds)}.\n\n"
+                f"Protocol: per (dataset, method), {c.search.num_samples} Optuna trial(s) on seed {c.search.seed} "
+                f"(runs named `search-...`; skipped without a search space), then the best config on every seed "
+                f"(runs named `seeds-...`: the ones tables use). Metric {c.search.metric} ({c.search.mode}). "
+                f"Tidy rows: {self.dir}/{RESULTS_FILE}")
+
+    # --- run ---------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.t0 = time.time()
+        cluster.warn_if_temporary(self.cfg, self.args)
+        state = self.store.open_state(self.cfg, self.args.resume, self.args.fresh, self.args.tracking_uri,
+                                      say=lambda msg: say(self._info(), msg))
+        import ray
+
+        raise_on_sigterm()  # e.g. `ray job stop`: close the MLflow runs on the way out
+        started_ray = cluster.init_ray(self.args)
+        try:
+            return self._run(state)
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    def _run(self, state: dict[str, Any]) -> int:
+        import ray
+
+        uri = state["tracking_uri"].replace("{head_ip}", ray.util.get_node_ip_address())
+        cluster.warn_if_unshared(uri, self.root)
+        say(self._info(), f"{len(self.plan.cells)} cells, {self.plan.n_trials()} trials; Ray: "
+                          f"{cluster.alive_nodes()} node(s), {ray.cluster_resources().get('CPU', 0):g} CPU, "
+                          f"{ray.cluster_resources().get('GPU', 0):g} GPU; storage {self.dir}; MLflow {uri}")
+        experiment_id = tracking.prepare(uri, self.cfg.name)
+        tracking.describe_experiment(uri, experiment_id, self._note())
+        state["experiment_id"] = experiment_id
+        self.store.write_json(state, SWEEP_FILE)
+        parent = tracking.open_sweep_run(uri, experiment_id, state["uid"], self.cfg.name,
+                                         tags={"table": self.cfg.table, "scale": self.cfg.scale,
+                                               "task": self.cfg.task, "code_version": state["code_version"],
+                                               "storage": self.dir, tracking.NOTE: self._note()},
+                                         params=_flat(self.cfg.canonical()))
+        self.ctx = {"sweep": self.cfg.name, "sweep_uid": state["uid"], "table": self.cfg.table,
+                    "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
+                    "code_version": state["code_version"], "fault": os.environ.get(FAULT_ENV),
+                    "checkpoint_interval_s": self.cfg.checkpoint_interval_s}
+        self.info = {**self._info(), "t0": self.t0, "table": self.cfg.table, "metric": self.cfg.search.metric,
+                     "results_path": self.store.join(RESULTS_FILE), "tracking_uri": uri,
+                     "experiment_id": experiment_id, "sweep_uid": state["uid"]}
+        activate(self.info)
+        status, code = "FAILED", 1
+        try:
+            best = {}
+            for cell in self.plan.cells:
+                best[cell.key] = self._search(cell) if self.plan.needs_search(cell) else {}
+                if best[cell.key] is None:
+                    break
+            if not self.errors:
+                self._seeds(best)
+            if self.errors:
+                say(self.info, "some trials failed:\n  " + "\n  ".join(self.errors) +
+                    f"\nfix the cause, then continue with: {self._resume_command()}")
+            else:
+                status, code = "FINISHED", 0
+                table = self._summary()
+                if table is not None:
+                    self._log_summary(uri, parent, table)
+        except (KeyboardInterrupt, Interrupted) as e:
+            status, code = "KILLED", 130
+            say(self.info, f"interrupted ({e or 'Ctrl-C'}): continue with {self._resume_command()}")
+        finally:
+            closed = tracking.close_sweep_run(uri, experiment_id, state["uid"], parent, status)
+            if closed:
+                say(self.info, f"{closed} trial run(s) left RUNNING by killed trials marked KILLED in MLflow")
+        ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000"
+        say(self.info, f"done: {status}. Tidy results: {self.info['results_path']}. MLflow: "
+                       f"{ui}/#/experiments/{experiment_id}?workflowType=machine_learning")
+        return code
+
+    # --- the two phases ----------------------------------------------------------------------------------
+    def _tune_config(self, **options) -> Any:
+        """A TuneConfig with the sweep's concurrency settings and trial names."""
+        from ray import tune
+
+        return tune.TuneConfig(reuse_actors=self.cfg.reuse_actors, max_concurrent_trials=self.cfg.max_concurrent_trials,
+                               trial_name_creator=trial_name, trial_dirname_creator=trial_name, **options)
+
+    def _tuner(self, name: str, param_space: dict, tune_config) -> Any:
+        from ray import tune
+
+        path = self.store.join(name)
+        fn = tune.with_resources(trainable, {"cpu": self.cfg.resources.cpu, "gpu": self.cfg.resources.gpu})
+        if tune.Tuner.can_restore(path):
+            try:
+                say(self.info, f"{name}: resuming the Tune experiment at {path}")
+                return tune.Tuner.restore(path, trainable=fn, resume_errored=True)
+            except FileNotFoundError as e:  # interrupted before anything was saved: start it again
+                say(self.info, f"{name}: nothing restorable ({e}); starting it afresh")
+        run_config = tune.RunConfig(
+            name=name, storage_path=self.dir, verbose=0,
+            callbacks=[SweepProgress(self.info)],
+            failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+    def _fit(self, name: str, tuner, every_trial_ends: bool) -> Any:
+        """Run a Tune experiment; record errored trials; raise Interrupted if it was stopped (Ctrl-C)."""
+        before = signal.getsignal(signal.SIGINT)
+        t0 = time.perf_counter()
+        grid = tuner.fit()
+        wall = time.perf_counter() - t0
+        caught = tune_caught_sigint(before)
+        last = [r.metrics or {} for r in grid]
+        trial_wall = sum(m.get("time_total_s", 0.0) for m in last)
+        train = sum(m.get("seconds", 0.0) for m in last)
+        say(self.info, f"{name}: {len(grid)} trials in {wall:.1f} s wall; the trials' own time {trial_wall:.1f} s "
+                       f"(of which training steps {train:.1f} s)")
+        errors = [f"{name}: {r.path}: {type(r.error).__name__}: {str(r.error).strip().splitlines()[-1:]}"
+                  for r in grid if r.error is not None]
+        self.errors += errors
+        # Trial statuses are not trustworthy here (Tune's cleanup marks interrupted trials TERMINATED), so:
+        # a trial that was not stopped by a scheduler must have made its final report.
+        unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("final")]
+        if caught or (every_trial_ends and unfinished):
+            raise Interrupted(f"{name}: {len(unfinished)} trial(s) did not finish")
+        return grid
+
+    def _search(self, cell: Cell) -> dict | None:
+        """Phase 1 of one cell: its best parameters (stored in best/<cell>.json), or None when it failed."""
+        saved = self.store.read_json("best", f"{cell.key}.json")
+        if saved is not None:
+            say(self.info, f"search {cell.dataset}/{cell.method}: done before, best {saved['params']}")
+            return saved["params"]
+        s = self.cfg.search
+        tune_config = self._tune_config(metric=s.metric, mode=s.mode, search_alg=search.searcher(self.cfg, cell),
+                                        scheduler=search.scheduler(self.cfg, cell), num_samples=s.num_samples)
+        space = {"ctx": self.ctx, "phase": "search", "cell": _trial_cell(cell), "tuned": search.tune_space(cell)}
+        name = f"search-{cell.dataset}-{cell.method}"
+        say(self.info, f"{name}: {s.num_samples} Optuna trials over {sorted(cell.space)}")
+        grid = self._fit(name, self._tuner(name, space, tune_config),
+                         every_trial_ends=self.cfg.scheduler.type == "none")
+        if self.errors:
+            return None
+        best = search.best_trial(grid, s.metric, s.mode)
+        if best is None:
+            self.errors.append(f"{name}: no trial reported a finite {s.metric}")
+            return None
+        value, params, path = best
+        self.store.write_json({"params": params, "metric": s.metric, "value": value, "trial": path},
+                              "best", f"{cell.key}.json")
+        say(self.info, f"{name}: best {s.metric}={value:.4g} with {params}")
+        return params
+
+    def _seeds(self, best: dict[str, dict]) -> None:
+        """Phase 2: every cell, with its best parameters, on every seed: one grid, no early stopping."""
+        from ray import tune
+
+        cells = [_trial_cell(c, best=best[c.key]) for c in self.plan.cells]
+        space = {"ctx": self.ctx, "phase": "seeds", "cell": tune.grid_search(cells),
+                 "seed": tune.grid_search(list(self.cfg.seeds))}
+        say(self.info, f"seeds: {len(cells)} cell(s) x {len(self.cfg.seeds)} seed(s)")
+        self._fit(SEEDS_EXPERIMENT, self._tuner(SEEDS_EXPERIMENT, space, self._tune_config(num_samples=1)),
+                  every_trial_ends=True)
+
+    # --- the end -----------------------------------------------------------------------------------------
+    def _summary(self):
+        import pandas as pd
+
+        w = ResultsWriter(self.info["results_path"])
+        if not w.rows:
+            return None
+        df = pd.DataFrame(list(w.rows.values()))
+        df = df[df["final"] & (df["phase"] == "seeds") & (df["metric"] == self.cfg.search.metric)]
+        if df.empty:
+            return None
+        t = df.groupby(["dataset", "method"])["value"].agg(["mean", "std", "count"])
+        say(self.info, f"{self.cfg.search.metric} over seeds (final evaluation):\n{t.to_string()}")
+        return t
+
+    def _log_summary(self, uri: str, parent: str, table) -> None:
+        """Per cell, the metric's mean and std over seeds on the parent run: readable without expanding it."""
+        m = self.cfg.search.metric
+        tracking.log_metrics(uri, parent, {f"{d}/{meth}/{m}_{stat}": float(row[stat])
+                                           for (d, meth), row in table.iterrows() for stat in ("mean", "std")
+                                           if math.isfinite(row[stat])})
+
+
+def _trial_cell(cell: Cell, **extra) -> dict[str, Any]:
+    """A cell as a trial's config holds it (sweeps.trial): its RunConfig dict and data hash, plus `extra`."""
+    return {"run": cell.run, "data_hash": cell.data_hash, **extra}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> one level with dotted keys (the sweep config as the parent run's params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,102 @@
+"""The sweep's directory on storage, storage/<name>, and what --resume and --fresh do with it.
+
+It holds sweep.json (the sweep's uid, its config, MLflow store and code version: written at the start, compared on a
+resume), best/<dataset>__<method>.json (each search's best parameters), one Tune experiment per phase and the tidy
+results.parquet. Storage is a local path, an NFS mount or s3://... (read and written as sweeps.results does).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from mist_core.config import ConfigError
+from sweeps import tracking
+from sweeps.config import SweepConfig
+from sweeps.results import delete_dir, read_bytes, write_atomic
+
+__all__ = ["SweepDir", "SWEEP_FILE", "code_version", "storage_root", "join"]
+
+SWEEP_FILE = "sweep.json"
+WHERE_KEYS = ("storage", "tracking_uri")  # config keys a resume may change: where the sweep lives, not what it is
+
+
+def storage_root(storage: str) -> str:
+    return storage if "://" in storage else str(Path(os.path.expanduser(storage)).resolve())
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def code_version() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import mist_core
+
+    return f"mist-bench {mist_core.__version__}"
+
+
+class SweepDir:
+    """storage/<name>: `root` is the storage (made absolute when local), `path` the sweep's directory."""
+
+    def __init__(self, storage: str, name: str):
+        self.root = storage_root(storage)
+        self.path = join(self.root, name)
+
+    def join(self, *parts: str) -> str:
+        return join(self.path, *parts)
+
+    def read_json(self, *parts: str) -> dict | None:
+        blob = read_bytes(self.join(*parts))
+        return None if blob is None else json.loads(blob)
+
+    def write_json(self, data: dict, *parts: str) -> None:
+        write_atomic(self.join(*parts), json.dumps(data, indent=2, sort_keys=True).encode())
+
+    def open_state(self, cfg: SweepConfig, resume: bool, fresh: bool, tracking_uri: str | None,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+        """The sweep's state: the stored one on a resume, else a new one (not written yet).
+
+        An existing sweep without --resume is refused unless `fresh` (it is then deleted); a resume with a changed
+        config (other than WHERE_KEYS) or another MLflow store is refused."""
+        state = self.read_json(SWEEP_FILE)
+        want = cfg.canonical()
+        if state is not None and not resume:
+            if not fresh:
+                raise ConfigError(f"sweep {cfg.name!r} already exists at {self.path} (started "
+                                  f"{state.get('created', '?')}): pass --resume to continue it, or --fresh to "
+                                  "discard it and start over")
+            delete_dir(self.path)
+            state = None
+        if state is not None:
+            old, new = _what(state["config"]), _what(want)
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            if changed:
+                raise ConfigError(f"cannot resume sweep {cfg.name!r} at {self.path}: the config changed "
+                                  f"({', '.join(changed)}); restore the old config, or use --fresh / another name")
+            uri = tracking_uri and tracking.absolute_uri(tracking_uri)
+            if uri and uri != state["tracking_uri"]:
+                raise ConfigError(f"cannot resume sweep {cfg.name!r}: it logs to {state['tracking_uri']}, "
+                                  f"not {uri} (its trials' MLflow runs live there)")
+            return state
+        if resume:
+            say(f"nothing to resume at {self.path}: starting the sweep")
+        uri = tracking.absolute_uri(tracking_uri or cfg.tracking_uri)
+        return {"uid": uuid.uuid4().hex[:12], "created": time.strftime("%Y-%m-%d %H:%M:%S"), "config": want,
+                "tracking_uri": uri, "code_version": code_version()}
+
+
+def _what(config: dict[str, Any]) -> dict[str, Any]:
+    """A canonical config without WHERE_KEYS."""
+    return {k: v for k, v in config.items() if k not in WHERE_KEYS}

@@ -1,0 +1,135 @@
+"""The Tune trainable: one trial = one `mist_core.train.Trainer` run, inside a Ray worker.
+
+A trial's Tune config holds `ctx` (the sweep: MLflow store, experiment and parent run, code version, fault hook,
+checkpoint interval), `phase` ("search" or "seeds"), `cell` (the cell's RunConfig dict and data hash, plus the
+`best` parameters of its search in phase 2) and either `tuned` (phase 1: the parameters Optuna picked) or `seed`
+(phase 2). The trial logs to its own MLflow run (`tracking.TrialRun`, continued after a resume or retry), reports
+every trainer report to Tune with a checkpoint of `Trainer.state_dict()` (at most every `checkpoint_interval_s`),
+restarts from Tune's checkpoint when there is one, and logs its figure and predictions before its final report.
+
+The test hook FAULT_ENV (see sweeps.run) reaches the trials through `ctx["fault"]`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeps import tracking
+
+__all__ = ["trainable", "trial_run_config", "trial_name", "FAULT_ENV"]
+
+FAULT_ENV = "MIST_SWEEP_FAULT"
+
+
+def trial_run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The RunConfig (as a dict) of a trial's Tune config."""
+    cell = config["cell"]
+    run = copy.deepcopy(cell["run"])
+    run["method_params"] = {**run["method_params"], **cell.get("best", {}), **config.get("tuned", {})}
+    if "seed" in config:
+        run["seed"] = config["seed"]
+    return run
+
+
+def trial_name(trial) -> str:
+    """A trial's name and directory: <phase>-<dataset>-<method>-s<seed>-<trial id>."""
+    c = trial.config
+    run = c["cell"]["run"]
+    return f"{c['phase']}-{run['dataset']}-{run['method']}-s{c.get('seed', run['seed'])}-{trial.trial_id}"
+
+
+def trainable(config: dict[str, Any]) -> None:
+    import torch
+    from ray import tune
+
+    from mist_core.train import Trainer, resolve
+
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # "Checkpoint created" per report
+    ctx, cell, phase = config["ctx"], config["cell"], config["phase"]
+    resolved = resolve(trial_run_config(config))
+    run = resolved.run
+    tctx = tune.get_context()
+    trial_id = tctx.get_trial_id()
+    tags = {"method": run.method, "dataset": run.dataset, "table": ctx["table"], "seed": run.seed,
+            "scale": run.scale, "task": run.task, "phase": phase, "sweep": ctx["sweep"], "trial_id": trial_id,
+            "code_version": ctx["code_version"], "data_hash": cell["data_hash"]}
+    mlrun = tracking.TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"],
+                              tracking.trial_key(ctx["sweep_uid"], trial_id), tctx.get_trial_name(), tags,
+                              resolved.as_params())
+    fault = _fault(ctx.get("fault"), run, phase, mlrun.attempts)
+    final: dict[str, float] = {}
+    finished = False
+
+    last_ckpt = [-math.inf]
+
+    def report(metrics: dict[str, float], trainer) -> None:
+        if not metrics["final"] and time.monotonic() - last_ckpt[0] < ctx.get("checkpoint_interval_s", 0):
+            tune.report(metrics)  # too soon after the previous checkpoint (fast methods report very often)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(trainer.state_dict(), Path(d) / "state.pt")
+            last_ckpt[0] = time.monotonic()
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    def on_report(rep: dict[str, float], trainer) -> None:
+        metrics = {k: float(v) for k, v in rep.items()}
+        metrics.setdefault("final", 0.0)
+        mlrun.log_report(metrics, step=int(metrics["step"]))
+        if metrics["final"]:
+            final.update(metrics)  # reported to Tune after the artifacts are safe (Tune may stop us at any report)
+            return
+        report(metrics, trainer)
+        if fault is not None and int(metrics["step"]) >= fault:
+            raise RuntimeError(f"{FAULT_ENV}: failing on purpose after step {int(metrics['step'])}")
+
+    try:
+        trainer = Trainer(resolved)
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                trainer.load_state_dict(torch.load(Path(d) / "state.pt", weights_only=True))
+        result = trainer.run(on_report, progress=False)
+        if result.example is not None:
+            n = result.example.boxes.shape[0]
+            score = _shown(final, ("rmse", "det_rate", "both"))
+            title = f"{run.method} on {run.dataset}, seed {run.seed}, step {trainer.step}: {score}"
+            tracking.log_outputs(mlrun, result.example, trainer.splits.test.subset(n), title)
+        shown = _shown(final, [k for k in final if k not in ("step", "final", "seconds", "core_seconds")])
+        mlrun.set_tags({tracking.NOTE: f"**{run.method}** on **{run.dataset}**, seed {run.seed}, phase {phase} "
+                                       f"(Tune trial {tctx.get_trial_name()}), {trainer.step} steps, "
+                                       f"{trainer.train_seconds:.1f} s of training.\n\nFinal test metrics: {shown}."
+                                       "\n\nArtifacts: figures/examples.png (inputs with ground truth, "
+                                       "detections, reconstructions), predictions/predictions.npz."})
+        mlrun.finish("FINISHED")
+        finished = True
+        report(final, trainer)
+    except SystemExit:  # Tune stopped the trial at a report (ASHA, or the sweep is shutting down)
+        if not finished:
+            mlrun.set_tags({"mist.stopped_by": "tune"})
+            mlrun.finish("KILLED")
+        raise
+    except BaseException:
+        if not finished:
+            mlrun.finish("FAILED")
+        raise
+
+
+def _shown(metrics: dict[str, float], keys) -> str:
+    """"k=v, k=v" for those of `keys` that `metrics` holds, in the order of `keys`."""
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+def _fault(spec: str | None, run, phase: str, attempt: int) -> int | None:
+    """The step after which this trial fails on purpose (FAULT_ENV), or None."""
+    if not spec or attempt > 1:
+        return None
+    want = dict(kv.split("=", 1) for kv in spec.split(",") if "=" in kv)
+    have = {"method": run.method, "dataset": run.dataset, "phase": phase, "seed": str(run.seed)}
+    if any(have.get(k) != v for k, v in want.items() if k != "step"):
+        return None
+    return int(want.get("step", "1"))
