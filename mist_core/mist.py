@@ -50,8 +50,10 @@ class MISTConfig(StrictConfig):
 PRESETS: dict[str, dict] = {
     "smoke": dict(sizes=(20.0,), patch_res=8, heat_width=4, heat_blocks=1, task_width=4, task_levels=3,
                   task_blocks=1, lr_task=1e-3, lr_heat=1e-3),
-    "quick": dict(sizes=(16.0, 24.0), patch_res=16, heat_width=8, heat_blocks=2, task_width=8, task_levels=4,
-                  task_blocks=1, lr_task=1e-3, lr_heat=1e-3),
+    # quick: 4 heatmap blocks as in the paper: with 2, the native-scale receptive field (13 px) is smaller than a
+    # 20 px digit and detection at step 150 was 0.19 against 0.31 (MNIST hard, 1 thread, same seed)
+    "quick": dict(sizes=(16.0, 24.0), patch_res=16, heat_width=8, heat_blocks=4, task_width=8, task_levels=4,
+                  task_blocks=1, lr_task=1e-3, lr_heat=1e-3, kp_max_move=3.0),
     "paper": dict(sizes=(16.0, 20.0, 24.0, 28.0), patch_res=32, heat_width=32, heat_blocks=4, task_width=16,
                   task_levels=5, task_blocks=3, lr_task=1e-4, lr_heat=1e-4),
 }
