@@ -1,0 +1,127 @@
+"""Channel-wise baseline (section 5.1 baseline 2, Table 2 "Ch.-wise"): one heatmap channel per instance.
+
+MIST's heatmap trunk (HeatmapNet's design: a 3x3 stem, `heat_blocks` ResBlocks of `heat_width` channels, no
+downsampling) at a single scale ends in K output channels instead of one. Channel k gives one location by a
+spatial soft-argmax with a temperature (Zhang et al. 2018): softmax over all H*W pixels of logits / T, then
+the expected pixel centre. A fixed-size square patch (side `size`, by default the median of MIST's `sizes`
+at that scale) is sampled there by the same S, processed by the same T_tau (MIST's PRESETS: patch_res,
+task_width, task_levels, task_blocks) and pasted back by S^-1. Everything is differentiable, so heatmap and
+task network train end to end with one Adam optimiser on the task loss (eq. 8 or eq. 9) alone.
+
+recon     eq. 8 over all K patches.
+classify  eq. 9 over each image's top-`count` channels by score (as MIST uses its top-count keypoints).
+Score of channel k = its peak softmax probability (a confident channel has a peaked map).
+Departure: the paper gives no more detail than the above; K is the config's `k` (9 on MNIST hard), the
+temperature is fixed (searchable) rather than learned, and patch size is fixed (channel-wise has no scale).
+"""
+from __future__ import annotations
+
+import statistics
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from mist_core.config import StrictConfig
+from mist_core.heatmap import ResBlock
+from mist_core.method import LogUniform, Method, SearchSpace
+from mist_core.mist import PRESETS as MIST_PRESETS
+from mist_core.sampler import keypoint_boxes, sample_patches
+from mist_core.task import TaskHead, TaskOutput
+from mist_core.types import Batch, DataSpec, Prediction, Task
+
+from baselines.grid import rank_mask
+
+__all__ = ["Channelwise", "ChannelwiseConfig", "ChannelHeatmap", "soft_argmax"]
+
+SHARED_KEYS = ("patch_res", "task_width", "task_levels", "task_blocks", "heat_width", "heat_blocks")
+
+
+class ChannelwiseConfig(StrictConfig):
+    k: int = Field(9, ge=1)                       # heatmap channels = patches per image
+    size: float = Field(20.0, gt=0)               # patch side in pixels (fixed)
+    temperature: float = Field(1.0, gt=0)         # soft-argmax: softmax(logits / temperature)
+    patch_res: int = Field(32, ge=4)
+    heat_width: int = Field(32, ge=1)
+    heat_blocks: int = Field(4, ge=0)
+    task_width: int = Field(16, ge=1)
+    task_levels: int = Field(5, ge=1)
+    task_blocks: int = Field(3, ge=0)
+    lr: float = Field(1e-4, gt=0)                 # one Adam over heatmap + task network
+
+
+def soft_argmax(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """logits (B, K, H, W) -> expected pixel centre per channel (B, K, 2) as (x, y), and the maps (B, K, H, W)."""
+    B, K, H, W = logits.shape
+    prob = F.softmax(logits.flatten(2) / temperature, dim=-1).view(B, K, H, W)        # (B, K, H, W)
+    xs = torch.arange(W, device=logits.device, dtype=logits.dtype) + 0.5              # (W,) pixel centres
+    ys = torch.arange(H, device=logits.device, dtype=logits.dtype) + 0.5              # (H,)
+    x = (prob.sum(2) * xs).sum(-1)                                                    # (B, K)
+    y = (prob.sum(3) * ys).sum(-1)                                                    # (B, K)
+    return torch.stack([x, y], -1), prob
+
+
+class ChannelHeatmap(nn.Module):
+    """HeatmapNet's single-scale trunk with a K-channel head: (B, C, H, W) -> logits (B, K, H, W)."""
+
+    def __init__(self, in_ch: int, width: int, blocks: int, k: int):
+        super().__init__()
+        self.stem = nn.Conv2d(in_ch, width, 3, padding=1)
+        self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
+        self.head = nn.Conv2d(width, k, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(F.relu(self.stem(x))))
+
+
+class Channelwise(Method):
+    name = "channelwise"
+    Config = ChannelwiseConfig
+
+    @classmethod
+    def default_config(cls, scale: str) -> ChannelwiseConfig:
+        p = MIST_PRESETS[scale]
+        return ChannelwiseConfig(**{k: p[k] for k in SHARED_KEYS}, lr=p["lr_task"],
+                                 size=float(statistics.median(p["sizes"])))
+
+    @classmethod
+    def search_space(cls) -> SearchSpace:
+        return {"lr": LogUniform(1e-4, 3e-3), "temperature": LogUniform(0.1, 10.0)}
+
+    def __init__(self, cfg: ChannelwiseConfig | dict, spec: DataSpec, task: Task, device="cpu"):
+        super().__init__(cfg, spec, task, device)
+        c = self.cfg
+        self.heat = ChannelHeatmap(spec.channels, c.heat_width, c.heat_blocks, c.k).to(self.device)
+        self.head = TaskHead(task, spec.channels, c.patch_res, c.task_width, c.task_levels, c.task_blocks,
+                             spec.n_classes).to(self.device)
+        self.opt = torch.optim.Adam([*self.heat.parameters(), *self.head.parameters()], lr=c.lr)
+
+    def forward(self, batch: Batch) -> tuple[TaskOutput, Tensor, Tensor, Tensor, Tensor]:
+        """-> task output, keypoints (B, K, 3), scores (B, K), maps (B, K, H, W), patches (B, K, C, p, p)."""
+        xy, prob = soft_argmax(self.heat(batch.images), self.cfg.temperature)            # (B, K, 2), (B, K, H, W)
+        kp = torch.cat([xy, torch.full_like(xy[..., :1], self.cfg.size)], -1)             # (B, K, 3)
+        scores = prob.flatten(2).amax(-1)                                                 # (B, K)
+        patches = sample_patches(batch.images, kp, self.cfg.patch_res)                    # (B, K, C, p, p)
+        valid = rank_mask(scores.detach(), batch.counts) if self.task == "classify" else None
+        return self.head(patches, kp, batch, valid=valid), kp, scores, prob, patches
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        out, kp, scores, _, _ = self.forward(batch)
+        loss = out.loss.mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"task": float(loss.detach()), "peak": float(scores.detach().mean())}
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, counts: Tensor | None = None) -> Prediction:
+        B = images.shape[0]
+        counts = counts if counts is not None else torch.full((B,), self.cfg.k, device=images.device)
+        dummy = Batch(images, torch.full((B, 1), -1, dtype=torch.long, device=images.device),
+                      images.new_zeros(B, 1, 4), counts)
+        out, kp, scores, prob, patches = self.forward(dummy)
+        return Prediction(boxes=keypoint_boxes(kp), scores=scores, recon=out.recon, class_probs=out.class_probs,
+                          heatmap=prob.amax(1),
+                          patches=out.patches_out if out.patches_out is not None else patches,
+                          extras={"keypoints": kp})

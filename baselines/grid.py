@@ -1,0 +1,118 @@
+"""Grid baseline (section 5.1, baseline 1): MIST's task network applied to every cell of a fixed grid.
+
+The image is split into `g` rows and round(g * W / H) columns of square cells (3 x 3 on MNIST hard; the
+constructor refuses an image whose cells would not be square, since S samples square patches). Every cell is
+one patch: S samples it at the cell centre with side = the cell side, the SAME T_tau as MIST (mist_core.mist
+.PRESETS: patch_res, task_width, task_levels, task_blocks, lr_task) processes it, and S^-1 pastes it back.
+Adjacent cells meet exactly, and S^-1's bilinear weights of two neighbouring cells sum to one across their
+shared edge, so a grid of all-ones patches pastes to an all-ones image (borders of the image aside).
+
+recon     eq. 8 over the g*g cells (all of them). Score of a cell = the mean of its decoded patch (the "ink"
+          the cell reconstructs): the cells that carry content rank first for the count-based metrics.
+classify  eq. 9 over the image's top-`count` cells, ranked by the mean of their input patch (ink). Choice:
+          using all cells would ask empty cells to match the label histogram (there is no background class),
+          which eq. 9 cannot satisfy; the top-count cells mirror MIST, which uses its top-count keypoints.
+          Score of a cell = that same input ink, so the metrics see the cells the loss was computed on.
+Boxes are the cells. There is nothing to localise: the grid is the floor a detector has to beat.
+"""
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from mist_core.config import StrictConfig
+from mist_core.method import LogUniform, Method, SearchSpace
+from mist_core.mist import PRESETS as MIST_PRESETS
+from mist_core.sampler import sample_patches
+from mist_core.task import TaskHead, TaskOutput
+from mist_core.types import Batch, DataSpec, Prediction, Task
+
+__all__ = ["Grid", "GridConfig", "grid_layout", "rank_mask"]
+
+TASK_KEYS = ("patch_res", "task_width", "task_levels", "task_blocks", "lr_task")  # shared with MIST per scale
+
+
+class GridConfig(StrictConfig):
+    g: int = Field(3, ge=1)                       # rows of cells; columns = round(g * W / H)
+    patch_res: int = Field(32, ge=4)
+    task_width: int = Field(16, ge=1)
+    task_levels: int = Field(5, ge=1)
+    task_blocks: int = Field(3, ge=0)
+    lr_task: float = Field(1e-4, gt=0)
+
+
+def grid_layout(g: int, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Cells of a g-row grid: keypoints (K, 3) = (cx, cy, side) and boxes (K, 4), row-major, K = g * cols."""
+    cols = max(1, round(g * width / height))
+    ch, cw = height / g, width / cols
+    if abs(ch - cw) > 1e-6 * max(ch, cw):
+        raise ValueError(f"method.grid: {g} rows x {cols} columns of a {height}x{width} image give "
+                         f"{ch:.3g}x{cw:.3g} px cells; cells must be square (choose g so that they are)")
+    iy, ix = torch.meshgrid(torch.arange(g, dtype=torch.float32), torch.arange(cols, dtype=torch.float32),
+                            indexing="ij")                                                   # (g, cols) each
+    x0, y0 = (ix * cw).flatten(), (iy * ch).flatten()                                        # (K,)
+    kp = torch.stack([x0 + cw / 2, y0 + ch / 2, torch.full_like(x0, ch)], -1)                # (K, 3)
+    boxes = torch.stack([x0, y0, x0 + cw, y0 + ch], -1)                                      # (K, 4)
+    return kp, boxes
+
+
+def rank_mask(scores: Tensor, counts: Tensor) -> Tensor:
+    """(B, K) scores, (B,) counts -> (B, K) bool: True for each image's `count` highest-scoring entries."""
+    rank = scores.argsort(dim=1, descending=True).argsort(dim=1)                             # (B, K) 0 = best
+    return rank < counts[:, None]
+
+
+class Grid(Method):
+    name = "grid"
+    Config = GridConfig
+
+    @classmethod
+    def default_config(cls, scale: str) -> GridConfig:
+        return GridConfig(**{k: MIST_PRESETS[scale][k] for k in TASK_KEYS})
+
+    @classmethod
+    def search_space(cls) -> SearchSpace:
+        return {"lr_task": LogUniform(1e-4, 3e-3)}
+
+    def __init__(self, cfg: GridConfig | dict, spec: DataSpec, task: Task, device="cpu"):
+        super().__init__(cfg, spec, task, device)
+        c = self.cfg
+        kp, boxes = grid_layout(c.g, spec.height, spec.width)
+        self.cell_kp, self.cell_boxes = kp.to(self.device), boxes.to(self.device)            # (K, 3), (K, 4)
+        self.head = TaskHead(task, spec.channels, c.patch_res, c.task_width, c.task_levels, c.task_blocks,
+                             spec.n_classes).to(self.device)
+        self.opt_task = torch.optim.Adam(self.head.parameters(), lr=c.lr_task)
+
+    def forward(self, batch: Batch) -> tuple[TaskOutput, Tensor, Tensor]:
+        """-> task output, cell patches (B, K, C, p, p), scores (B, K)."""
+        B = len(batch)
+        kp = self.cell_kp.expand(B, -1, -1)                                                  # (B, K, 3)
+        patches = sample_patches(batch.images, kp, self.cfg.patch_res)                       # (B, K, C, p, p)
+        ink = patches.flatten(2).mean(2)                                                     # (B, K)
+        if self.task == "classify":
+            out = self.head(patches, kp, batch, valid=rank_mask(ink, batch.counts))
+            return out, patches, ink
+        out = self.head(patches, kp, batch)
+        return out, patches, out.patches_out.detach().flatten(2).mean(2)                     # (B, K) decoded ink
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        out, _, _ = self.forward(batch)
+        loss = out.loss.mean()
+        self.opt_task.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_task.step()
+        return {"task": float(loss.detach())}
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, counts: Tensor | None = None) -> Prediction:
+        B = images.shape[0]
+        K = self.cell_kp.shape[0]
+        counts = counts if counts is not None else torch.full((B,), K, device=images.device)
+        dummy = Batch(images, torch.full((B, 1), -1, dtype=torch.long, device=images.device),
+                      images.new_zeros(B, 1, 4), counts)
+        out, patches, scores = self.forward(dummy)
+        return Prediction(boxes=self.cell_boxes.expand(B, -1, -1).clone(), scores=scores, recon=out.recon,
+                          class_probs=out.class_probs,
+                          patches=out.patches_out if out.patches_out is not None else patches,
+                          extras={"keypoints": self.cell_kp.expand(B, -1, -1).clone()})
