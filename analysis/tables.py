@@ -127,7 +127,8 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (table, task, dataset, method): trials in search / seeds / total, core-seconds total and mean per trial."""
     t = trial_summary(check_rows(df))
     t = t.assign(search=(t["phase"] == "search").astype(int), seeds=(t["phase"] == "seeds").astype(int))
-    g = t.groupby(["table", "task", "dataset", "method"], sort=True)
+    # dropna=False: a sweep that is no paper table (smoke, quick) has table None and must still be costed
+    g = t.assign(table=t["table"].fillna("-")).groupby(["table", "task", "dataset", "method"], sort=True, dropna=False)
     out = g.agg(trials_search=("search", "sum"), trials_seeds=("seeds", "sum"), trials=("trial", "nunique"),
                  core_seconds_total=("core_seconds", "sum"),
                  core_seconds_mean=("core_seconds", "mean")).reset_index()

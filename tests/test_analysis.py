@@ -169,3 +169,12 @@ def test_main_passes_mlflow_options(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     argv = [str(sweep / "results.parquet"), "--mlflow-experiment", "bench", "--tracking-uri", "sqlite:///x.db"]
     assert report.main(argv) == 0
     assert calls == [(sweep / "report", "bench", "sqlite:///x.db")]  # default --out: beside the rows
+
+
+def test_cost_includes_sweeps_that_are_no_paper_table() -> None:
+    """A smoke/quick sweep has table None: its trials must still appear in the cost table."""
+    rows = _rows()
+    rows = rows.assign(table=None)
+    cost = tables.cost_table(rows)
+    assert len(cost) > 0 and (cost["table"] == "-").all()
+    assert cost["trials"].sum() == rows["trial"].nunique()
