@@ -11,6 +11,8 @@ lifting: the ground-truth boxes give the keypoints directly.
                        real instances when instance_labels=False
   eta step:  Adam on ||G(x_gt) - H_eta(I)||^2 (MIST's stage_heatmap with unit weights; padding masked out)
 Prediction is MIST's, unchanged (E_K on the heatmap; the task network on the top-K patches).
+The config is MIST's plus `instance_labels`; MIST's lifting fields (kp_lr, kp_steps, kp_max_move, lam,
+heat_weight_temp) are accepted and unused, so one set of MIST overrides applies to both.
 """
 from __future__ import annotations
 

@@ -40,9 +40,9 @@ from mist_core.types import Batch, DataSpec, Prediction, Task
 __all__ = ["Zhang", "ZhangConfig", "landmarks", "equivariance_loss", "random_affine"]
 
 ZHANG_PRESETS: dict[str, dict] = {   # detector/decoder widths follow MIST's heat_width per scale
-    "smoke": dict(levels=2, feat=4),
-    "quick": dict(levels=3, feat=8),
-    "paper": dict(levels=3, feat=32),
+    "smoke": dict(levels=2, feat=4, lr=1e-3),
+    "quick": dict(levels=3, feat=8, lr=3e-4),   # at 1e-3 the decoder sat at an all-black image for 100+ steps
+    "paper": dict(levels=3, feat=32, lr=1e-4),
 }
 
 
@@ -167,7 +167,7 @@ class Zhang(Method):
     @classmethod
     def default_config(cls, scale: str) -> ZhangConfig:
         p = MIST_PRESETS[scale]
-        return ZhangConfig(**ZHANG_PRESETS[scale], width=p["heat_width"], lr=p["lr_task"],
+        return ZhangConfig(**ZHANG_PRESETS[scale], width=p["heat_width"],
                            box_size=float(statistics.median(p["sizes"])))
 
     @classmethod
