@@ -15,3 +15,14 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("MIST_CACHE_DIR", None)
     else:
         os.environ["MIST_CACHE_DIR"] = old
+
+
+@pytest.fixture(autouse=True)
+def _no_flush_denormal_leak():
+    """Trainer turns on flush-to-zero for the whole process (a real speed fix); hypothesis refuses to run
+    under FTZ, so every test starts and ends with it off."""
+    import torch
+
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(False)
