@@ -131,7 +131,7 @@ class Trainer:
         self.core_seconds = 0.0
         n_setup = min(len(self.splits.train), 256)
         self.method.fit_setup(self.splits.train.batch(slice(0, n_setup)).images.to(self.method.device))
-        self._epoch: list = []
+        self._epoch = iter(())
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -148,12 +148,15 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
     def _next_batch(self):
-        if not self._epoch:
-            self._epoch = list(self.splits.train.batches(self.tcfg.batch_size, self.rng, drop_last=True))[::-1]
-            if not self._epoch:
+        """The next batch of the current epoch (a lazy pass in a fresh random order), on the method's device."""
+        batch = next(self._epoch, None)
+        if batch is None:
+            self._epoch = self.splits.train.batches(self.tcfg.batch_size, self.rng, drop_last=True)
+            batch = next(self._epoch, None)
+            if batch is None:
                 raise ConfigError(f"train.batch_size {self.tcfg.batch_size} exceeds the training split "
                                   f"({len(self.splits.train)} images)")
-        return self._epoch.pop().to(self.method.device)
+        return batch.to(self.method.device)
 
     def budget_left(self) -> bool:
         t = self.tcfg
