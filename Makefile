@@ -1,12 +1,15 @@
 # The two commands of the README:
 #   make benchmark   set everything up, run the quick local benchmark, print the report's path
 #   make test        set everything up, run the test suite
+#   make bench       set everything up, run the performance benchmarks (bench/), print them as Markdown
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_OUT ?= bench/results/local.json
+BENCH_ARGS ?=
 
-.PHONY: setup test benchmark preview clean
+.PHONY: setup test benchmark bench preview clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +24,10 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/mist-bench benchmark --scale quick
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS) --out $(BENCH_OUT)
+	$(BIN)/python -m bench.table $(BENCH_OUT)
 
 preview: $(STAMP)
 	$(BIN)/mist-bench preview mnist_hard --out previews/mnist_hard.png

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mist_core._profiling import profile_range
 from mist_core.keypoints import scale_pool
 
 __all__ = ["ResBlock", "HeatmapNet", "local_spatial_softmax"]
@@ -51,6 +52,7 @@ class HeatmapNet(nn.Module):
     def raw(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(F.relu(self.stem(x))))      # (B, 1, h, w)
 
+    @profile_range("mist.heatmap")  # a profiler range (bench/breakdown.py); free unless profiling
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (B, C, H, W) -> per-scale heatmaps (B, S, H, W) and the scale-pooled heatmap (B, H, W)."""
         B, C, H, W = images.shape

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mist_core._profiling import profile_range
+
 __all__ = ["scale_pool", "nms", "extract_topk", "render_heatmap"]
 
 EPS = 1e-6
@@ -27,6 +29,7 @@ def nms(h: Tensor, window: int) -> Tensor:
     return torch.where(h >= m, h, torch.full_like(h, float("-inf")))
 
 
+@profile_range("mist.E_K")  # a profiler range (bench/breakdown.py); free unless profiling
 def extract_topk(h_scales: Tensor, h: Tensor, sizes: Tensor, k: int, window: int) -> tuple[Tensor, Tensor]:
     """E_K: keypoints (B, K, 3) = (cx, cy, size) in pixels, and their scores (B, K), sorted by score.
 
@@ -42,6 +45,7 @@ def extract_topk(h_scales: Tensor, h: Tensor, sizes: Tensor, k: int, window: int
     return kp, scores
 
 
+@profile_range("mist.G")
 def render_heatmap(kp: Tensor, sizes: Tensor, height: int, width: int, valid: Tensor | None = None) -> Tensor:
     """G: keypoints (B, K, 3) -> ideal per-scale heatmap (B, S, H, W) (appendix B).
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mist_core._profiling import profile_range
+
 __all__ = ["sample_patches", "paste_patches", "keypoint_boxes"]
 
 
@@ -21,6 +23,7 @@ def keypoint_boxes(kp: Tensor) -> Tensor:
     return torch.cat([c - half, c + half], dim=-1)
 
 
+@profile_range("mist.S")  # a profiler range (bench/breakdown.py); free unless profiling
 def sample_patches(images: Tensor, kp: Tensor, p: int) -> Tensor:
     """S: images (B, C, H, W), keypoints (B, K, 3) -> patches (B, K, C, p, p)."""
     B, C, H, W = images.shape
@@ -36,6 +39,7 @@ def sample_patches(images: Tensor, kp: Tensor, p: int) -> Tensor:
     return out.view(B, C, K, p, p).transpose(1, 2)                                   # (B, K, C, p, p)
 
 
+@profile_range("mist.S_inv")
 def paste_patches(patches: Tensor, kp: Tensor, height: int, width: int, reduce: bool = True) -> Tensor:
     """S^-1 of eq. 8: place each patch (B, K, C, p, p) at its keypoint (B, K, 3) on a zero canvas and sum over K.
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mist_core._profiling import profiled
 from mist_core.sampler import paste_patches
 from mist_core.tasknets import PatchAutoEncoder, PatchClassifier
 from mist_core.types import Batch, Task
@@ -48,7 +49,8 @@ class TaskHead(nn.Module):
         `valid` (B, K) selects the patches that count in the classification loss (default: the top count).
         """
         B, K, C, p, _ = patches.shape
-        out = self.net(patches.reshape(B * K, C, p, p))
+        with profiled("mist.task_net"):  # a profiler range (bench/breakdown.py); free unless profiling
+            out = self.net(patches.reshape(B * K, C, p, p))
         if self.task == "recon":
             dec = out.view(B, K, C, p, p)                                           # (B, K, C, p, p)
             H, W = batch.images.shape[-2:]

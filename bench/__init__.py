@@ -1,0 +1,17 @@
+"""bench: the performance benchmark suite (issue #7). One command, JSON out:
+
+    python -m bench [--only steps,breakdown,flops,sweep,data] [--scales quick,paper] [--methods ...]
+                    [--device cpu|cuda] [--repeats N] [--tiny] --out bench/results/<name>.json
+    python -m bench.table bench/results/<name>.json      # the JSON as Markdown tables
+
+Items, one module each (each exposes `run(settings) -> dict`):
+  steps      training-step throughput of every registered method (ms/step, images/s, peak memory)
+  breakdown  where one MIST step's time goes (torch.profiler ranges + isolated fwd+bwd timings per component)
+  flops      achieved FLOP/s of a MIST step (FlopCounterMode) against a measured conv2d peak
+  sweep      utilisation of a short local Ray sweep: training core-seconds / (wall seconds x cores)
+  data       data generation throughput of every dataset generator (images/s)
+Shared pieces: settings (what to run), machine (what it ran on), timing, memory, workload (method + batch).
+"""
+
+ITEMS: tuple[str, ...] = ("steps", "breakdown", "flops", "sweep", "data")
+SCHEMA_VERSION = 1

@@ -1,0 +1,62 @@
+"""One method ready to train on one batch, built as mist_core.train.Trainer builds it.
+
+resolve(RunConfig) applies the scale's presets (method config via `Method.make_config(scale, {})`, data and
+training presets); the data are `n_train = batch size` images of the dataset generated in memory (no cache);
+the method gets the DataSpec of that split, `fit_setup` on it, and the batch (B, C, H, W) on its device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mist_core.data import Splits, load_splits
+from mist_core.method import Method
+from mist_core.presets import train_config
+from mist_core.registry import get_method, method_names
+from mist_core.train import Resolved, RunConfig, resolve
+from mist_core.types import Batch
+
+__all__ = ["Workload", "load_case", "build", "make_workload", "method_tasks"]
+
+
+@dataclass
+class Workload:
+    method: Method
+    batch: Batch          # images (B, C, H, W) on the method's device
+    resolved: Resolved
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.batch)
+
+    def step(self) -> dict[str, float]:
+        return self.method.train_step(self.batch)
+
+
+def method_tasks(methods: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(method, task) for every named method (default: every registered one) and each task it supports."""
+    return [(name, task) for name in (methods or tuple(method_names())) for task in get_method(name).tasks]
+
+
+def load_case(method: str, task: str, scale: str, device: str = "cpu", dataset: str = "mnist_hard",
+              seed: int = 0) -> tuple[Resolved, Splits]:
+    """The resolved run (every preset applied) and its data: n_train = the scale's batch size, no test split."""
+    B = train_config(scale).batch_size
+    r = resolve(RunConfig(method=method, dataset=dataset, task=task, scale=scale, seed=seed,
+                          dataset_params={"n_train": B, "n_test": 0, "seed": seed}, train={"device": device}))
+    return r, load_splits(r.dataset_cfg, use_cache=False)
+
+
+def build(r: Resolved, splits: Splits) -> Workload:
+    """The method on its device, after fit_setup, with the whole training split as its batch."""
+    torch.manual_seed(r.run.seed)
+    m = r.method_cls(r.method_cfg, splits.train.spec, r.run.task, r.train_cfg.device)
+    m.fit_setup(splits.train.batch(slice(0, min(len(splits.train), 256))).images.to(m.device))
+    m.train()
+    return Workload(m, splits.train.batch(slice(0, r.train_cfg.batch_size)).to(m.device), r)
+
+
+def make_workload(method: str, task: str, scale: str, device: str = "cpu", dataset: str = "mnist_hard",
+                  seed: int = 0) -> Workload:
+    return build(*load_case(method, task, scale, device, dataset, seed))

@@ -1,0 +1,90 @@
+"""The benchmark suite (bench/): `python -m bench --tiny` end to end, its JSON, and the Markdown table.
+
+test_bench_tiny runs steps (2 methods), breakdown, flops and data (1 generator) in a subprocess (~15 s); the Ray
+sweep item starts a local Ray instance (~45 s on 2 busy cores), so it has its own test under the `cluster`
+marker (deselect with -m "not cluster").
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("mist", "trivial")
+
+
+def _bench(tmp_path: Path, *args: str) -> dict:
+    """Run `python -m bench --tiny ARGS` from the repository root (bench/ is not an installed package)."""
+    out = tmp_path / "results" / "tiny.json"           # the directory does not exist yet: bench creates it
+    proc = subprocess.run([sys.executable, "-m", "bench", "--tiny", *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not list(out.parent.glob(".*.tmp")), "the atomic write left its temporary file"
+    return json.loads(out.read_text())
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_bench_tiny(tmp_path):
+    from mist_core.registry import get_method
+
+    r = _bench(tmp_path, "--only", "steps,breakdown,flops,data", "--methods", ",".join(METHODS),
+               "--datasets", "mnist_hard")
+    assert {"schema", "command", "settings", "machine", "items", "seconds"} <= set(r)
+    m = r["machine"]
+    assert {"platform", "cpu_model", "usable_cores", "torch", "torch_threads", "date", "device"} <= set(m)
+    assert m["torch_threads"] == 1 and r["settings"]["tiny"] is True
+    assert set(r["items"]) == {"steps", "breakdown", "flops", "data"}
+
+    steps = r["items"]["steps"]["rows"]
+    assert [(x["method"], x["task"]) for x in steps] == [(n, t) for n in METHODS for t in get_method(n).tasks]
+    for x in steps:
+        assert "error" not in x, x
+        assert x["scale"] == "smoke" and x["n"] == 2
+        assert all(_positive(x[k]) for k in ("median_ms", "min_ms", "images_per_s", "batch_size")), x
+        assert math.isfinite(x["iqr_ms"]) and x["iqr_ms"] >= 0 and x["peak_mem_mb"] >= 0
+
+    (b,) = r["items"]["breakdown"]["rows"]
+    groups = r["items"]["breakdown"]["groups"]
+    assert _positive(b["step_ms"]) and _positive(b["profiled_step_ms"])
+    for view in ("fwd_share", "attributed_share"):
+        assert set(b[view]) == set(groups)
+        assert all(math.isfinite(v) and v >= 0 for v in b[view].values())
+        assert sum(b[view].values()) == pytest.approx(1.0, abs=1e-6), view
+    for g in ("heatmap", "E_K", "S", "task_net", "S_inv", "G", "optimisers"):
+        assert b["fwd_ms"][g] > 0, g                    # every named range was seen in the profile
+    assert b["calls_per_step"]["E_K"] == 1 and b["calls_per_step"]["task_net"] >= 2
+    assert b["attributed_share"]["backward"] < b["fwd_share"]["backward"]   # backward found its forward ranges
+    assert 0 < b["mist_ops_share_fwd"] < 1 and 0 < b["mist_ops_share_attributed"] < 1
+    for comp, t in b["isolated"].items():
+        assert any(v is not None for v in t.values()), comp
+        assert all(_positive(v) for v in t.values() if v is not None), (comp, t)
+
+    f = r["items"]["flops"]
+    (row,) = f["rows"]
+    assert all(_positive(row[k]) for k in ("step_flops", "step_ms", "achieved_gflops_per_s", "ratio_to_conv_peak"))
+    assert row["flops_per_op"].get("aten.convolution_backward", 0) > 0        # backward counted
+    assert _positive(f["conv_peak_gflops_per_s"]) and all(_positive(c["gflops_per_s"]) for c in f["conv"])
+
+    (d,) = r["items"]["data"]["rows"]
+    assert d["dataset"] == "mnist_hard" and _positive(d["images_per_s"])
+
+    md = subprocess.run([sys.executable, "-m", "bench.table", str(tmp_path / "results" / "tiny.json")], cwd=ROOT,
+                        capture_output=True, text=True, check=True).stdout
+    assert md.startswith("Machine:") and "| heatmap network" in md and "| mnist_hard" in md
+
+
+@pytest.mark.cluster
+def test_bench_sweep_tiny(tmp_path):
+    r = _bench(tmp_path, "--only", "sweep")
+    s = r["items"]["sweep"]
+    assert s["trials"] == 2 and s["cores"] >= 1
+    assert all(_positive(s[k]) for k in ("wall_s", "train_seconds_sum", "core_seconds_sum", "utilisation"))
+    assert s["utilisation"] <= 1.0 and s["per_trial_overhead_s"] >= 0
