@@ -216,7 +216,7 @@ class AIR(Method):
             out["kl_what"].append(gaussian_kl(m_mu, m_std, 0.0, 1.0))
         res = {k: torch.stack(v, 1) for k, v in out.items()}                          # (B, T, ...) each
         T = c.max_steps
-        res["glimpses"] = net.decode(res["z_what"].flatten(0, 1)).view(B, T, *images.shape[1:2], c.patch_res,
+        res["glimpses"] = net.decode(res["z_what"].flatten(0, 1)).reshape(B, T, *images.shape[1:2], c.patch_res,
                                                                        c.patch_res)  # (B, T, C, p, p)
         canvas = paste_patches(res["glimpses"] * res["pres"][..., None, None, None], res["kp"],
                                images.shape[2], images.shape[3])                      # (B, C, H, W)

@@ -52,7 +52,7 @@ class TaskHead(nn.Module):
         with profiled("mist.task_net"):  # a profiler range (bench/breakdown.py); free unless profiling
             out = self.net(patches.reshape(B * K, C, p, p))
         if self.task == "recon":
-            dec = out.view(B, K, C, p, p)                                           # (B, K, C, p, p)
+            dec = out.reshape(B, K, C, p, p)                                           # (B, K, C, p, p)
             H, W = batch.images.shape[-2:]
             recon = paste_patches(dec, kp, H, W)                                    # (B, C, H, W)
             loss = ((recon - batch.images) ** 2).flatten(1).mean(1)                 # (B,)

@@ -12,6 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# Initial decoder output bias: sigmoid(-3) = 0.05. Starting at sigmoid(0) = 0.5 grey, every pasted patch adds a
+# bright square, and early keypoint steps learn to hide patches where they overlap the least ink.
+OUT_BIAS = -3.0
+
+# Convolutions run on NHWC tensors: oneDNN (CPU) and cuDNN convolve them faster (the quick auto-encoder's
+# forward+backward on 288 patches: 100 ms NCHW, 83 ms NHWC, 1 thread). Results agree to float rounding.
+CHANNELS_LAST = torch.channels_last
+
 __all__ = ["PatchEncoder", "PatchAutoEncoder", "PatchClassifier", "latent_size"]
 
 
@@ -53,8 +61,10 @@ class PatchEncoder(nn.Module):
         chs = [width * 2**i for i in range(levels)]
         self.levels = nn.ModuleList(_level(cin, cout, blocks) for cin, cout in zip([channels] + chs[:-1], chs))
         self.out_channels, self.out_res = chs[-1], p // 2**levels
+        self.to(memory_format=CHANNELS_LAST)
 
     def forward(self, x: Tensor) -> Tensor:                     # (N, C, p, p) -> (N, c_L, r, r)
+        x = x.contiguous(memory_format=CHANNELS_LAST)
         for lvl in self.levels:
             x = F.max_pool2d(lvl(x), 2)
         return x
@@ -71,6 +81,8 @@ class PatchAutoEncoder(nn.Module):
             lvls.append(nn.Sequential(*[LNResBlock(cout) for _ in range(blocks)]))
         self.ups, self.lvls = nn.ModuleList(ups), nn.ModuleList(lvls)
         self.out = nn.Conv2d(chs[-1], channels, 1)
+        nn.init.constant_(self.out.bias, OUT_BIAS)             # start dark, like the background
+        self.to(memory_format=CHANNELS_LAST)
 
     def forward(self, x: Tensor) -> Tensor:                     # (N, C, p, p) -> (N, C, p, p) in (0, 1)
         z = self.encoder(x)

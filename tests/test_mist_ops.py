@@ -106,6 +106,25 @@ def test_local_softmax_and_heatmap_shapes():
     assert (hs > 0).all() and (hs <= 1 + 1e-6).all() and torch.isfinite(h).all()
     flat = local_spatial_softmax(torch.zeros(1, 1, 31, 31), 15, 10.0)
     assert flat[0, 0, 15, 15] == pytest.approx(1 / 225)                    # uniform interior -> 1/window^2
+    torch.testing.assert_close(flat, torch.full_like(flat, 1 / 225), rtol=1e-4, atol=0)  # the border is not favoured
+
+
+@pytest.mark.parametrize("window", [1, 5, 15])
+def test_local_softmax_separable_pools_match_square_pools(window):
+    """The separable window max and in-image mean give the square-window operator (values and gradients)."""
+    import torch.nn.functional as F
+
+    def square(r, eps=1e-6):
+        z = 10.0 * r
+        m = F.max_pool2d(z, window, stride=1, padding=window // 2).amax(1, keepdim=True)
+        e = (z - m).exp()
+        return e / (F.avg_pool2d(e, window, 1, window // 2, count_include_pad=False) * window**2 + eps)
+
+    r = torch.randn(2, 3, 23, 29, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    a, b = square(r), local_spatial_softmax(r, window, 10.0)
+    torch.testing.assert_close(b, a)
+    ga, gb = (torch.autograd.grad((y * torch.arange(y.numel()).view_as(y).sin()).sum(), r)[0] for y in (a, b))
+    torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-5)
 
 
 def test_task_networks_shapes_and_bottleneck():
@@ -169,6 +188,26 @@ def test_keypoint_step_lowers_the_task_loss():
     assert (x - kp0)[0, 0, :2].abs().sum() > 0
     with torch.no_grad():
         assert float(m.run_task(b, x).loss) < float(before)
+
+
+@pytest.mark.parametrize("task", ["recon", "classify"])
+def test_accepted_keypoint_steps_never_raise_an_images_objective(task):
+    """kp_accept: per image, the returned x has task loss + lambda ||x - x0||^2 no higher than x0's."""
+    torch.manual_seed(0)
+    m = MIST(MIST.make_config("smoke", {"k": 3, "sizes": (12.0, 16.0), "kp_lr": 1e6, "lam": 1e-4}),
+             DataSpec(1, 40, 40), task)
+    b = _batch(B=8, task=task)
+    _, _, kp0, _ = m.detect(b.images)
+    x, loss = m.stage_keypoints(b, kp0)
+    with torch.no_grad():
+        before = m.run_task(b, kp0).loss
+        after = m.run_task(b, x).loss
+    obj = after + m.cfg.lam * ((x - kp0) ** 2).flatten(1).sum(1)
+    torch.testing.assert_close(loss, after)                               # the loss it reports is x's
+    assert (obj <= before + 1e-7).all()
+    assert (x != kp0).any()                                               # and it does move some
+    lo, hi = m.keep_inside(x, 40, 40), x
+    torch.testing.assert_close(lo, hi)                                    # patches stay inside the image
 
 
 @pytest.mark.parametrize("task", ["recon", "classify"])
