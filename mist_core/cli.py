@@ -19,15 +19,15 @@ from mist_core.config import ConfigError
 
 
 def _kv(items: list[str]) -> dict:
-    """['a=1', 'b=[2,3]'] -> {'a': 1, 'b': [2, 3]} (values parsed as YAML)."""
-    import yaml
+    """['a=1', 'b=[2,3]', 'c=1e-5'] -> {'a': 1, 'b': [2, 3], 'c': 1e-05} (values parsed as YAML, config.load_yaml)."""
+    from mist_core.config import load_yaml
 
     out = {}
     for it in items:
         key, sep, val = it.partition("=")
         if not sep:
-            raise ConfigError(f"--set {it!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(val)
+            raise ConfigError(f"{it!r}: expected KEY=VALUE")
+        out[key] = load_yaml(val)
     return out
 
 

@@ -1,11 +1,13 @@
 """Strict configuration base: an unknown key or a wrong type is an error that names it."""
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["StrictConfig", "ConfigError", "parse_config"]
+__all__ = ["StrictConfig", "ConfigError", "parse_config", "load_yaml"]
 
 T = TypeVar("T", bound="StrictConfig")
 
@@ -56,3 +58,16 @@ def _tuples(x: Any) -> Any:
     if isinstance(x, list):
         return tuple(_tuples(v) for v in x)
     return x
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-5` (no dot) as a string; this loader reads every exponent-notation scalar as a float."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                              list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, except that `1e-5` is the float 1e-05 (as a researcher means it), not the string '1e-5'."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)

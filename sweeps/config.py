@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from mist_core.config import ConfigError, StrictConfig, parse_config
+from mist_core.config import ConfigError, StrictConfig, load_yaml, parse_config
 from mist_core.method import Choice, IntRange, LogUniform, Uniform
 from mist_core.presets import Scale
 
@@ -125,7 +125,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     """Read a sweep YAML; `${VAR}` in a string value is replaced by the environment variable VAR (unset: error)."""
     p = find_config(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     return parse_config(SweepConfig, _expand(data, p.stem), where=p.stem)
