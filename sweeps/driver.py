@@ -87,7 +87,7 @@ class Sweep:
         self.ctx = {"sweep": self.cfg.name, "sweep_uid": state["uid"], "table": self.cfg.table,
                     "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
                     "code_version": state["code_version"], "fault": os.environ.get(FAULT_ENV),
-                    "checkpoint_interval_s": self.cfg.checkpoint_interval_s}
+                    "checkpoint_interval_s": self.cfg.checkpoint_interval_s, "trials_dir": self.store.join("trials")}
         self.info = {**self._info(), "t0": self.t0, "table": self.cfg.table, "metric": self.cfg.search.metric,
                      "results_path": self.store.join(RESULTS_FILE), "tracking_uri": uri,
                      "experiment_id": experiment_id, "sweep_uid": state["uid"]}

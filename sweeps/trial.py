@@ -5,7 +5,9 @@ checkpoint interval), `phase` ("search" or "seeds"), `cell` (the cell's RunConfi
 `best` parameters of its search in phase 2) and either `tuned` (phase 1: the parameters Optuna picked) or `seed`
 (phase 2). The trial logs to its own MLflow run (`tracking.TrialRun`, continued after a resume or retry), reports
 every trainer report to Tune with a checkpoint of `Trainer.state_dict()` (at most every `checkpoint_interval_s`),
-restarts from Tune's checkpoint when there is one, and logs its figure and predictions before its final report.
+restarts from Tune's checkpoint when there is one, and logs its figure and predictions before its final report
+(to MLflow, and with the heatmap of one test image at every report under <sweep>/trials/<trial>/ for the report:
+sweeps.artifacts).
 
 The test hook FAULT_ENV (see sweeps.run) reaches the trials through `ctx["fault"]`.
 """
@@ -19,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeps import tracking
+from sweeps import artifacts, tracking
+from sweeps.store import join
 
 __all__ = ["trainable", "trial_run_config", "trial_name", "FAULT_ENV"]
 
@@ -62,6 +65,8 @@ def trainable(config: dict[str, Any]) -> None:
                               tracking.trial_key(ctx["sweep_uid"], trial_id), tctx.get_trial_name(), tags,
                               resolved.as_params())
     fault = _fault(ctx.get("fault"), run, phase, mlrun.attempts)
+    trial_dir = join(ctx["trials_dir"], tctx.get_trial_name()) if ctx.get("trials_dir") else None
+    history: list[artifacts.HeatmapHistory] = []
     final: dict[str, float] = {}
     finished = False
 
@@ -80,6 +85,8 @@ def trainable(config: dict[str, Any]) -> None:
         metrics = {k: float(v) for k, v in rep.items()}
         metrics.setdefault("final", 0.0)
         mlrun.log_report(metrics, step=int(metrics["step"]))
+        if history:
+            history[0].add(trainer.method, int(metrics["step"]))
         if metrics["final"]:
             final.update(metrics)  # reported to Tune after the artifacts are safe (Tune may stop us at any report)
             return
@@ -89,6 +96,8 @@ def trainable(config: dict[str, Any]) -> None:
 
     try:
         trainer = Trainer(resolved)
+        if trial_dir is not None:
+            history.append(artifacts.HeatmapHistory(trainer.splits.test))
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
@@ -99,6 +108,10 @@ def trainable(config: dict[str, Any]) -> None:
             score = _shown(final, ("rmse", "det_rate", "both"))
             title = f"{run.method} on {run.dataset}, seed {run.seed}, step {trainer.step}: {score}"
             tracking.log_outputs(mlrun, result.example, trainer.splits.test.subset(n), title)
+            if trial_dir is not None:                               # the report's figures (sweeps.artifacts)
+                artifacts.write_npz(join(trial_dir, "predictions.npz"),
+                                    artifacts.prediction_arrays(result.example, trainer.splits.test))
+                history[0].write(trial_dir)
         shown = _shown(final, [k for k in final if k not in ("step", "final", "seconds", "core_seconds")])
         mlrun.set_tags({tracking.NOTE: f"**{run.method}** on **{run.dataset}**, seed {run.seed}, phase {phase} "
                                        f"(Tune trial {tctx.get_trial_name()}), {trainer.step} steps, "

@@ -272,6 +272,32 @@ class TestSmokeSweep:
         assert all(p[f"method.{k}"] == v for p in mist_seeds for k, v in best["params"].items())
 
 
+    def test_trials_leave_figure_inputs_for_the_report(self, resumed_sweep, tmp_path):
+        """Each finished trial writes trials/<trial>/predictions.npz (+ the heatmap history for MIST); the report
+        built from the sweep folder embeds the example figures and notes none missing."""
+        import numpy as np
+
+        from analysis.report import main as report_main
+
+        sweep = resumed_sweep["tmp"] / "runs" / "smoke-test"
+        df = load_results(sweep)
+        seeds = df[df.final & (df.phase == "seeds")][["trial", "method"]].drop_duplicates()
+        for r in seeds.itertuples(index=False):
+            with np.load(sweep / "trials" / r.trial / "predictions.npz") as z:
+                assert {"images", "boxes", "scores", "gt_counts"} <= set(z.files)
+                assert z["images"].shape[0] == z["boxes"].shape[0] == 8
+                assert ("recon" in z.files) == (r.method in ("mist", "trivial"))
+            hist = sweep / "trials" / r.trial / "heatmaps_over_time.npz"
+            assert hist.is_file() == (r.method == "mist")
+            if r.method == "mist":
+                with np.load(hist) as z:
+                    steps = list(z["steps"])   # every report once (the resumed trial: from its checkpoint on)
+                    assert steps in ([3, 6], [6]) and z["heatmaps"].shape == (len(steps), *z["image"].shape[-2:])
+        assert report_main([str(sweep), "--out", str(tmp_path / "report")]) == 0
+        page = (tmp_path / "report" / "report.html").read_text()
+        assert "no predictions.npz" not in page and "Heatmap during training" in page
+        assert page.count("data:image/png;base64,") >= 4
+
     def test_resume_keeps_finished_trials(self, resumed_sweep):
         s = resumed_sweep
         _, runs = _runs(s["uri"], "smoke-test")
