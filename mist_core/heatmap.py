@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from mist_core._profiling import profile_range
 from mist_core.keypoints import scale_pool
+from mist_core.tasknets import CHANNELS_LAST
 
 __all__ = ["ResBlock", "HeatmapNet", "local_spatial_softmax"]
 
@@ -73,10 +74,10 @@ class HeatmapNet(nn.Module):
         self.stem = nn.Conv2d(in_ch, width, 3, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
         self.head = nn.Conv2d(width, 1, 3, padding=1)
-        self.to(memory_format=torch.channels_last)  # oneDNN/cuDNN convs run faster on NHWC (CPU: 1.4x fwd+bwd)
+        self.to(memory_format=CHANNELS_LAST)  # oneDNN/cuDNN convs run faster on NHWC (CPU: 1.4x fwd+bwd)
 
     def raw(self, x: Tensor) -> Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=CHANNELS_LAST)
         return self.head(self.blocks(F.relu(self.stem(x))))      # (B, 1, h, w)
 
     @profile_range("mist.heatmap")  # a profiler range (bench/breakdown.py); free unless profiling

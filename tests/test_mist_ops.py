@@ -127,6 +127,27 @@ def test_local_softmax_separable_pools_match_square_pools(window):
     torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-5)
 
 
+def test_channels_last_networks_match_nchw(monkeypatch):
+    """The heatmap and task networks run NHWC (speed); the same weights run NCHW give the same outputs."""
+    import copy
+
+    import mist_core.heatmap
+    import mist_core.tasknets
+
+    torch.manual_seed(0)
+    cases = ((HeatmapNet(1, 4, 2, (12.0, 18.0)), torch.rand(2, 1, 36, 36)),
+             (PatchAutoEncoder(3, 16, 4, 3, 1), torch.rand(5, 3, 16, 16)),
+             (PatchClassifier(3, 16, 4, 3, 1), torch.rand(5, 3, 16, 16)))
+    with torch.no_grad():
+        fast = [net(x) for net, x in cases]
+        assert all(any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                       for p in net.parameters()) for net, _ in cases)   # the fast path really is NHWC
+        for mod in (mist_core.heatmap, mist_core.tasknets):
+            monkeypatch.setattr(mod, "CHANNELS_LAST", torch.contiguous_format)
+        slow = [copy.deepcopy(net).to(memory_format=torch.contiguous_format)(x) for net, x in cases]
+    torch.testing.assert_close(fast, slow)
+
+
 def test_task_networks_shapes_and_bottleneck():
     ae = PatchAutoEncoder(1, 32, 8, 5, 1)
     x = torch.rand(6, 1, 32, 32)
