@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make benchmark   set everything up, run the quick local benchmark, print the report's path
+#   make benchmark   set everything up, run the quick local benchmark (afresh), print the report's path
+#                    (make benchmark BENCHMARK_ARGS=--resume continues an interrupted one)
 #   make test        set everything up, run the test suite
 #   make bench       set everything up, run the performance benchmarks (bench/), print them as Markdown
 PY ?= python3
@@ -8,6 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_OUT ?= bench/results/local.json
 BENCH_ARGS ?=
+BENCHMARK_ARGS ?= --fresh
 
 .PHONY: setup test benchmark bench preview clean
 
@@ -23,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 benchmark: $(STAMP)
-	$(BIN)/mist-bench benchmark --scale quick
+	$(BIN)/mist-bench benchmark --scale quick $(BENCHMARK_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS) --out $(BENCH_OUT)

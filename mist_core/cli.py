@@ -77,6 +77,8 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     args = [str(config), "--storage", a.storage]
     if a.resume:
         args.append("--resume")
+    elif a.fresh:
+        args.append("--fresh")
     rc = sweep_main(args)
     if rc:
         return rc
@@ -94,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("benchmark", help="quick local benchmark ending in a report")
     b.add_argument("--scale", default="quick", choices=["smoke", "quick"])
     b.add_argument("--storage", default="runs")
-    b.add_argument("--resume", action="store_true")
+    again = b.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted benchmark")
+    again.add_argument("--fresh", action="store_true", help="discard an earlier benchmark of this scale and rerun it")
     b.set_defaults(fn=cmd_benchmark)
 
     s = sub.add_parser("sweep", help="run a sweep config", add_help=False)
