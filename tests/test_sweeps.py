@@ -320,10 +320,19 @@ class TestSmokeSweep:
 
 
 # --- a two-node Ray cluster on this machine, through `ray job submit` --------------------------------------
+WORKER_PORTS = range(47000, 48000)  # the two nodes' --min/--max-worker-port ranges below
+
+
 def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
+    """n free ports outside WORKER_PORTS (a dashboard port drawn inside it once made `ray start` refuse)."""
+    socks = []
+    while len(socks) < n:
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
+        if s.getsockname()[1] in WORKER_PORTS:
+            s.close()
+            continue
+        socks.append(s)
     ports = [s.getsockname()[1] for s in socks]
     for s in socks:
         s.close()
