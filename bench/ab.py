@@ -34,12 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method-param", "-m", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args(argv)
     threads = configure_torch(a.threads)
+    overrides = _kv(a.method_param)
     r, splits = load_case(a.method, a.task, a.scale)
-    r = resolve(r.run.model_copy(update={"method_params": _kv(a.method_param)}))
+    r = resolve(r.run.model_copy(update={"method_params": overrides}))
     w = build(r, splits)
     s = summary(time_calls(w.step, a.warmup, a.repeats, w.method.device)[0])
     print(json.dumps({"method": a.method, "task": a.task, "scale": a.scale, "threads": threads,
-                      "overrides": _kv(a.method_param), "median_ms": round(s["median_ms"], 1),
+                      "overrides": overrides, "median_ms": round(s["median_ms"], 1),
                       "min_ms": round(s["min_ms"], 1)}))
     return 0
 

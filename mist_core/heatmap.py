@@ -56,8 +56,9 @@ def local_spatial_softmax(r: Tensor, window: int, strength: float, eps: float = 
     maximum over its own window and all scales before the exponential, and the window sum gets eps. A single
     shift per image (the exact softmax) underflows to 0/0 in every window far below the image's maximum,
     which killed the gradient there and produced NaNs in training; the local shift keeps every region alive.
-    Window max and sum are separable (two 1-D pools each): 8x faster than square pools at window 15. The window
-    sum is normalised for the pixels it has inside the image (_window_sum), so the border is not favoured.
+    Window max and sum are separable, two 1-D pools each (forward+backward 245 -> 65 ms on (32, 2, 80, 80) at
+    window 15, 1 thread). The window sum is normalised for the pixels it has inside the image (_window_sum), so
+    the border is not favoured.
     """
     z = strength * r                                                                   # (B, S, H, W)
     m = _window_max(z, window).amax(1, keepdim=True)                                   # (B, 1, H, W) local max

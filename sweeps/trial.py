@@ -66,7 +66,7 @@ def trainable(config: dict[str, Any]) -> None:
                               resolved.as_params())
     fault = _fault(ctx.get("fault"), run, phase, mlrun.attempts)
     trial_dir = join(ctx["trials_dir"], tctx.get_trial_name()) if ctx.get("trials_dir") else None
-    history: list[artifacts.HeatmapHistory] = []
+    history: artifacts.HeatmapHistory | None = None      # made with the trainer (it needs the test split)
     final: dict[str, float] = {}
     finished = False
 
@@ -85,8 +85,8 @@ def trainable(config: dict[str, Any]) -> None:
         metrics = {k: float(v) for k, v in rep.items()}
         metrics.setdefault("final", 0.0)
         mlrun.log_report(metrics, step=int(metrics["step"]))
-        if history:
-            history[0].add(trainer.method, int(metrics["step"]))
+        if history is not None:
+            history.add(trainer.method, int(metrics["step"]))
         if metrics["final"]:
             final.update(metrics)  # reported to Tune after the artifacts are safe (Tune may stop us at any report)
             return
@@ -97,7 +97,7 @@ def trainable(config: dict[str, Any]) -> None:
     try:
         trainer = Trainer(resolved)
         if trial_dir is not None:
-            history.append(artifacts.HeatmapHistory(trainer.splits.test))
+            history = artifacts.HeatmapHistory(trainer.splits.test)
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
@@ -111,7 +111,7 @@ def trainable(config: dict[str, Any]) -> None:
             if trial_dir is not None:                               # the report's figures (sweeps.artifacts)
                 artifacts.write_npz(join(trial_dir, "predictions.npz"),
                                     artifacts.prediction_arrays(result.example, trainer.splits.test))
-                history[0].write(trial_dir)
+                history.write(trial_dir)
         shown = _shown(final, [k for k in final if k not in ("step", "final", "seconds", "core_seconds")])
         mlrun.set_tags({tracking.NOTE: f"**{run.method}** on **{run.dataset}**, seed {run.seed}, phase {phase} "
                                        f"(Tune trial {tctx.get_trial_name()}), {trainer.step} steps, "
