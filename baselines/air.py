@@ -214,7 +214,7 @@ class AIR(Method):
         state = (h, h)
         where, what, pres = feat.new_zeros(B, 3), feat.new_zeros(B, c.z_what), feat.new_ones(B, 1)
         canvas = torch.zeros_like(images)
-        keys = ("q", "pres", "prev", "kp", "z_what", "kl_where", "kl_what", "glimpses")
+        keys = ("q", "pres", "prev", "kp", "z_what", "kl_where", "kl_what") + (("glimpses",) if c.residual else ())
         out: dict[str, list[Tensor]] = {k: [] for k in keys}
         mu0 = torch.tensor([net.scale_mu0, 0.0, 0.0], device=images.device)
         std0 = torch.tensor([c.scale_prior_std, c.shift_prior_std, c.shift_prior_std], device=images.device)
@@ -248,8 +248,6 @@ class AIR(Method):
                 g = net.decode(what)                                                  # (B, C, p, p)
                 out["glimpses"].append(g)
                 canvas = canvas + paste_patches((g * pres[:, :, None, None])[:, None], kp[:, None], H, W)
-        if not c.residual:
-            out.pop("glimpses")
         res = {k: torch.stack(v, 1) for k, v in out.items()}                          # (B, T, ...) each
         if not c.residual:
             T = c.max_steps

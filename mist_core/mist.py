@@ -58,7 +58,7 @@ PRESETS: dict[str, dict] = {
     # 20 px digit and detection at step 150 was 0.19 against 0.31 (MNIST hard, 1 thread, same seed)
     # and 4 keypoint steps of up to 4 px at lr 1e5 (with kp_accept's backtracking): over 150 steps the test digits'
     # mean distance to the nearest keypoint fell from 8.2 to 6.0 px, against 7.7 to 7.3 px with 2 steps of 3 px at 1e4.
-    # One scale of 20 px, the digits' ink size (every MNIST-hard digit's squared box is 20 px): with two scales
+    # One scale of 20 px, the digits' ink size (MNIST-hard's squared boxes measure 20.0 px on average): with two scales
     # (16, 24) detection at step 500 was 0.25 (recon) and 0.39 (classify at step 300), with (20,) 0.40 and 0.46,
     # and a step is 15% cheaper (MNIST hard, 1 thread, seed 0; the session-3 note has the runs)
     "quick": dict(sizes=(20.0,), patch_res=16, heat_width=8, heat_blocks=4, task_width=8, task_levels=4,
