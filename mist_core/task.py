@@ -59,10 +59,54 @@ class TaskHead(nn.Module):
             return TaskOutput(loss, dec, recon, None)
         probs = F.softmax(out.view(B, K, -1), dim=-1)                               # (B, K, NC)
         valid = instance_mask(batch.counts, K) if valid is None else valid          # (B, K)
+        return TaskOutput(self._hist_loss(probs, valid, batch), None, None, probs)
+
+    @staticmethod
+    def _true_hist(batch: Batch, n_classes: int, dtype) -> Tensor:
+        lab = batch.labels.clamp_min(0)
+        onehot = F.one_hot(lab, n_classes).to(dtype) * (batch.labels >= 0)[..., None]     # (B, L, NC)
+        return onehot.sum(1) / batch.counts.clamp_min(1)[:, None].to(dtype)              # (B, NC)
+
+    def _hist_loss(self, probs: Tensor, valid: Tensor, batch: Batch) -> Tensor:
+        """eq. 9: probs (B, K, NC), valid (B, K) -> (B,)."""
         v = valid.to(probs.dtype)
         pred_hist = (probs * v[..., None]).sum(1) / v.sum(1, keepdim=True).clamp_min(1)   # (B, NC)
-        lab = batch.labels.clamp_min(0)
-        onehot = F.one_hot(lab, probs.shape[-1]).to(probs.dtype) * (batch.labels >= 0)[..., None]  # (B, L, NC)
-        true_hist = onehot.sum(1) / batch.counts.clamp_min(1)[:, None].to(probs.dtype)     # (B, NC)
-        loss = ((true_hist - pred_hist) ** 2).sum(1)                                # (B,)
-        return TaskOutput(loss, None, None, probs)
+        return ((self._true_hist(batch, probs.shape[-1], probs.dtype) - pred_hist) ** 2).sum(1)  # (B,)
+
+    @torch.no_grad()
+    def move_losses(self, patches: Tensor, kp: Tensor, batch: Batch, valid: Tensor | None = None):
+        """The task loss when patch k alone moves to its candidate j, every other patch at candidate 0.
+
+        patches (B, K, J, C, p, p) sampled at candidate keypoints kp (B, K, J, 3), candidate 0 = the current
+        keypoint. Both losses decompose over patches (eq. 8 sums pasted patches, eq. 9 averages probabilities),
+        so one task forward on the B*K*J patches prices every single move. Returns (losses (B, K, J), joint)
+        where joint(choice (B, K) long) is the per-image loss (B,) with every patch at its chosen candidate.
+        """
+        B, K, J, C, p, _ = patches.shape
+        out = self.net(patches.reshape(B * K * J, C, p, p))
+        if self.task == "recon":
+            H, W = batch.images.shape[-2:]
+            dec = out.reshape(B, K * J, C, p, p)
+            canv = paste_patches(dec, kp.reshape(B, K * J, 3), H, W, reduce=False).view(B, K, J, C, H, W)
+            resid = batch.images - canv[:, :, 0].sum(1)                               # (B, C, H, W) at candidate 0
+            moved = resid[:, None, None] + canv[:, :, :1] - canv                      # (B, K, J, C, H, W)
+            losses = (moved ** 2).flatten(3).mean(3)                                  # (B, K, J)
+
+            def joint(choice: Tensor) -> Tensor:
+                idx = choice[:, :, None, None, None, None].expand(B, K, 1, C, H, W)
+                recon = canv.gather(2, idx)[:, :, 0].sum(1)                           # (B, C, H, W)
+                return ((recon - batch.images) ** 2).flatten(1).mean(1)
+            return losses, joint
+        probs = F.softmax(out.view(B, K, J, -1), dim=-1)                              # (B, K, J, NC)
+        valid = instance_mask(batch.counts, K) if valid is None else valid            # (B, K)
+        v = valid.to(probs.dtype)
+        n = v.sum(1).clamp_min(1)[:, None, None, None]                                # (B, 1, 1, 1)
+        base = (probs[:, :, 0] * v[..., None]).sum(1)[:, None, None] / n              # (B, 1, 1, NC)
+        hist = base + v[:, :, None, None] * (probs - probs[:, :, :1]) / n             # (B, K, J, NC)
+        true = self._true_hist(batch, probs.shape[-1], probs.dtype)[:, None, None]    # (B, 1, 1, NC)
+        losses = ((true - hist) ** 2).sum(-1)                                         # (B, K, J)
+
+        def joint(choice: Tensor) -> Tensor:
+            idx = choice[:, :, None, None].expand(B, K, 1, probs.shape[-1])
+            return self._hist_loss(probs.gather(2, idx)[:, :, 0], valid, batch)
+        return losses, joint

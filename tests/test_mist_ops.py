@@ -238,3 +238,52 @@ def test_predict_shapes(task):
     pred.check(3, DataSpec(1, 40, 40))
     assert pred.boxes.shape == (3, 5, 4) and (pred.scores[:, :-1] >= pred.scores[:, 1:]).all()
     assert (pred.recon is None) == (task == "classify") and (pred.class_probs is None) == (task == "recon")
+
+
+@pytest.mark.parametrize("task", ["recon", "classify"])
+def test_move_losses_price_each_single_move_exactly(task):
+    """TaskHead.move_losses: the loss of moving patch k alone to candidate j equals a full task forward with
+    that one keypoint moved; joint(choice) equals a forward with every keypoint at its chosen candidate."""
+    torch.manual_seed(0)
+    m = MIST(MIST.make_config("smoke", {"k": 3, "sizes": (12.0,)}), DataSpec(1, 40, 40), task)
+    m.head.eval()
+    b = _batch(B=2, task=task)
+    _, _, kp, _ = m.detect(b.images)                                      # (B, K, 3)
+    B, K, J = 2, 3, 4
+    shifts = torch.tensor([[0.0, 0, 0], [3, 0, 0], [0, -2, 0], [-1.5, 2.5, 0]])
+    cand = m.keep_inside(kp[:, :, None] + shifts, 40, 40)                # (B, K, J, 3)
+    patches = sample_patches(b.images, cand.reshape(B, K * J, 3), m.cfg.patch_res).view(B, K, J, 1, 8, 8)
+    losses, joint = m.head.move_losses(patches, cand, b)
+    with torch.no_grad():
+        for k in range(K):
+            for j in range(J):
+                moved = cand[:, :, 0].clone()
+                moved[:, k] = cand[:, k, j]
+                torch.testing.assert_close(losses[:, k, j], m.run_task(b, moved).loss, rtol=1e-4, atol=1e-6)
+        choice = torch.tensor([[1, 2, 3], [3, 0, 1]])
+        chosen = cand.gather(2, choice[:, :, None, None].expand(B, K, 1, 3))[:, :, 0]
+        torch.testing.assert_close(joint(choice), m.run_task(b, chosen).loss, rtol=1e-4, atol=1e-6)
+
+
+def test_keypoint_search_never_raises_an_images_objective():
+    """A local-search round keeps, per image, the joint move only where task loss + lambda pull falls, and
+    with a task network that draws a bright square it moves an offset patch onto the square."""
+    torch.manual_seed(0)
+    m = MIST(MIST.make_config("smoke", {"k": 3, "sizes": (12.0,), "lam": 1e-4}), DataSpec(1, 40, 40), "recon")
+    b = _batch(B=8)
+    _, _, kp0, _ = m.detect(b.images)
+    x = m.search_keypoints(b, kp0, kp0, 3.0)
+    with torch.no_grad():
+        before, after = m.run_task(b, kp0).loss, m.run_task(b, x).loss
+    assert (after + m.cfg.lam * ((x - kp0) ** 2).flatten(1).sum(1) <= before + 1e-7).all()
+    torch.testing.assert_close(m.keep_inside(x, 40, 40), x)
+
+    m = MIST(MIST.make_config("smoke", {"k": 1, "sizes": (16.0,), "lam": 0.0}), DataSpec(1, 32, 32), "recon")
+    img = torch.zeros(1, 1, 32, 32)
+    img[..., 10:22, 12:24] = 1.0
+    b = Batch(img, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, 4), torch.ones(1, dtype=torch.long))
+    for _ in range(30):                                                   # teach T to output a bright square
+        m.stage_task(b, torch.tensor([[[18.0, 16.0, 16.0]]]))
+    kp0 = torch.tensor([[[14.0, 12.0, 16.0]]])                            # off by (4, 4) pixels
+    x = m.search_keypoints(b, kp0, kp0, 4.0)
+    torch.testing.assert_close(x, torch.tensor([[[18.0, 16.0, 16.0]]]))
