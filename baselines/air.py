@@ -45,6 +45,11 @@ from MIST's two-scale quick sizes (16, 24): prior side 24 px, range 8-36 px:
   what_kl_warmup=500 test RMSE 0.278, det_rate 0.000 (488 steps)
 With MIST's quick sizes now (20,) (prior side 20 px, range 10-30 px), the default: test RMSE 0.261, det_rate 0.083
 (372 steps; two runs shared the machine); residual=true pres_anneal_steps=150 decoder_bias=-2: 0.266, 0.059 (154 steps).
+The quick preset's lr is now 3e-3 (it was MIST's lr_task, 1e-3); trivial (mean image) RMSE is 0.2396:
+  150 s  seed 0: test RMSE 0.240, det_rate 0.216 (509 steps); seed 1: 0.250, 0.158 (489 steps);
+         with pres_anneal_steps=400: 0.242; with decoder_bias=-2: 0.244
+  300 s  seed 0: test RMSE 0.229, det_rate 0.311 (1,001 steps): below the mean image. The quick benchmark's trials
+         therefore train 300 s (sweeps/configs/quick.yaml).
 """
 from __future__ import annotations
 
