@@ -193,17 +193,23 @@ def test_each_stage_updates_only_its_parameters(task):
                for g, p in zip(grads_before, m.head.parameters()))
 
 
-def test_keypoint_step_lowers_the_task_loss():
-    """With the task network fixed, the x step moves patches so the reconstruction loss falls."""
-    torch.manual_seed(0)
-    m = MIST(MIST.make_config("smoke", {"k": 1, "sizes": (16.0,), "kp_lr": 3e3, "kp_steps": 1, "lam": 0.0}),
-             DataSpec(1, 32, 32), "recon")
+def _bright_square_case(overrides: dict):
+    """A one-patch MIST whose task net has learnt to draw a 12 px bright square at (18, 16), and a keypoint 4 px
+    off in each axis: the batch, the method and that keypoint (1, 1, 3)."""
+    m = MIST(MIST.make_config("smoke", {"k": 1, "sizes": (16.0,), "lam": 0.0, **overrides}), DataSpec(1, 32, 32),
+             "recon")
     img = torch.zeros(1, 1, 32, 32)
     img[..., 10:22, 12:24] = 1.0
     b = Batch(img, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, 4), torch.ones(1, dtype=torch.long))
     for _ in range(30):                                                   # teach T to output a bright square
         m.stage_task(b, torch.tensor([[[18.0, 16.0, 16.0]]]))
-    kp0 = torch.tensor([[[14.0, 12.0, 16.0]]])                            # off by (4, 4) pixels
+    return m, b, torch.tensor([[[14.0, 12.0, 16.0]]])
+
+
+def test_keypoint_step_lowers_the_task_loss():
+    """With the task network fixed, the x step moves patches so the reconstruction loss falls."""
+    torch.manual_seed(0)
+    m, b, kp0 = _bright_square_case({"kp_lr": 3e3, "kp_steps": 1})
     before = m.run_task(b, kp0).loss
     x, after = m.stage_keypoints(b, kp0)
     assert (x - kp0)[0, 0, :2].abs().sum() > 0
@@ -278,12 +284,6 @@ def test_keypoint_search_never_raises_an_images_objective():
     assert (after + m.cfg.lam * ((x - kp0) ** 2).flatten(1).sum(1) <= before + 1e-7).all()
     torch.testing.assert_close(m.keep_inside(x, 40, 40), x)
 
-    m = MIST(MIST.make_config("smoke", {"k": 1, "sizes": (16.0,), "lam": 0.0}), DataSpec(1, 32, 32), "recon")
-    img = torch.zeros(1, 1, 32, 32)
-    img[..., 10:22, 12:24] = 1.0
-    b = Batch(img, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, 4), torch.ones(1, dtype=torch.long))
-    for _ in range(30):                                                   # teach T to output a bright square
-        m.stage_task(b, torch.tensor([[[18.0, 16.0, 16.0]]]))
-    kp0 = torch.tensor([[[14.0, 12.0, 16.0]]])                            # off by (4, 4) pixels
+    m, b, kp0 = _bright_square_case({})
     x = m.search_keypoints(b, kp0, kp0, 4.0)
     torch.testing.assert_close(x, torch.tensor([[[18.0, 16.0, 16.0]]]))
