@@ -73,8 +73,8 @@ __all__ = ["AIR", "AIRConfig", "bernoulli_kl", "gaussian_kl"]
 TASK_KEYS = ("patch_res", "task_width", "task_levels", "task_blocks")
 AIR_PRESETS: dict[str, dict] = {                  # AIR's own sizes; the patch networks come from MIST's PRESETS
     "smoke": dict(hidden=32, z_what=8, enc_width=4, pres_anneal_steps=10),
-    # quick: lr 3e-3 (MIST's lr_task is 1e-3): at 150 s AIR then ties the mean image (RMSE 0.240, seed 0) where
-    # 1e-3 gave 0.267; at 300 s it beats it (0.229). MNIST hard, 1 thread, another run on the other core.
+    # quick: lr 3e-3 (MIST's lr_task is 1e-3): at 150 s AIR then ties the mean image (RMSE 0.240, seed 0) where 1e-3
+    # gave 0.266 and 0.268 (two runs); at 300 s it beats it (0.229). MNIST hard, 1 thread, another run on the other core.
     "quick": dict(hidden=128, z_what=32, enc_width=8, pres_anneal_steps=1000, lr=3e-3),
     "paper": dict(hidden=256, z_what=50, enc_width=8, pres_anneal_steps=30_000),
 }

@@ -205,9 +205,8 @@ class MIST(Method):
         pull = self.cfg.lam * ((cand - kp0[:, :, None]) ** 2).sum(-1)                      # (B, K, J)
         choice = (losses + pull).argmin(2)                                                # (B, K), ties -> stay
         new = cand.gather(2, choice[:, :, None, None].expand(B, K, 1, 3))[:, :, 0]       # (B, K, 3)
-        zero = torch.zeros_like(choice)
         obj_new = joint(choice) + self.cfg.lam * ((new - kp0) ** 2).flatten(1).sum(1)     # (B,)
-        obj_old = joint(zero) + self.cfg.lam * ((x - kp0) ** 2).flatten(1).sum(1)
+        obj_old = losses[:, 0, 0] + self.cfg.lam * ((x - kp0) ** 2).flatten(1).sum(1)   # every patch at candidate 0
         return torch.where((obj_new < obj_old)[:, None, None], new, x)
 
     def stage_heatmap(self, h_scales: Tensor, x: Tensor, task_loss: Tensor, valid: Tensor) -> Tensor:
