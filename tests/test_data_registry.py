@@ -11,7 +11,7 @@ from mist_core.data import registry
 from mist_core.data.cache import default_cache_dir
 from mist_core.data.preview import write_preview
 
-NAMES = ["mnist_easy", "mnist_hard", "mnist_hard_k9", "mnist_hard_k6_9", "mnist_hard_k3_9", "mnist_uneven", "gabor", "svhn"]
+NAMES = ["mnist_easy", "mnist_hard", "mnist_hard_k9", "mnist_hard_k6_9", "mnist_hard_k3_9", "mnist_hard_k1_9", "mnist_uneven", "gabor", "svhn"]
 
 
 def test_every_name_has_a_strict_config_with_the_common_fields():

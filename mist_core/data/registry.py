@@ -10,7 +10,7 @@ from mist_core.data.cache import cache_key, cache_path, cached, default_cache_di
 from mist_core.data.container import Splits
 from mist_core.data.digits import source_fingerprint
 from mist_core.data.gabor import GaborConfig, generate_gabor
-from mist_core.data.mnist_multi import (MnistEasyConfig, MnistHardConfig, MnistHardK3to9Config,
+from mist_core.data.mnist_multi import (MnistEasyConfig, MnistHardConfig, MnistHardK1to9Config, MnistHardK3to9Config,
                                         MnistHardK6to9Config, MnistHardK9Config, MnistUnevenConfig,
                                         generate_easy, generate_hard, generate_uneven)
 from mist_core.data.svhn import SvhnConfig, generate_svhn, svhn_fingerprint
@@ -35,6 +35,7 @@ ENTRIES: dict[str, DatasetEntry] = {
     "mnist_hard_k9": DatasetEntry(MnistHardK9Config, generate_hard, _digits),
     "mnist_hard_k6_9": DatasetEntry(MnistHardK6to9Config, generate_hard, _digits),
     "mnist_hard_k3_9": DatasetEntry(MnistHardK3to9Config, generate_hard, _digits),
+    "mnist_hard_k1_9": DatasetEntry(MnistHardK1to9Config, generate_hard, _digits),
     "mnist_uneven": DatasetEntry(MnistUnevenConfig, generate_uneven, _digits),
     "gabor": DatasetEntry(GaborConfig, generate_gabor, lambda cfg: ""),
     "svhn": DatasetEntry(SvhnConfig, generate_svhn, svhn_fingerprint),
