@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 __all__ = ["Row", "Column", "TableSpec", "TABLES", "METHOD_LABELS", "DATASET_LABELS", "METRIC_LABELS",
-           "LOWER_IS_BETTER", "method_label", "dataset_label", "metric_label", "lower_is_better", "headline_metric"]
+           "LOWER_IS_BETTER", "REFERENCE_METHODS", "method_label", "dataset_label", "metric_label", "lower_is_better", "headline_metric"]
 
 METHOD_LABELS: dict[str, str] = {"mist": "MIST", "grid": "Grid", "channelwise": "Ch.-wise", "air": "Esl16",
-                                 "zhang": "Zha18", "supervised": "Supervised", "trivial": "Trivial"}
+                                 "zhang": "Zha18", "supervised": "Supervised", "trivial": "Trivial",
+                                 "kmeans": "k-means floor"}
+# Not competitors: lines every learned method is read against (the mean image; k-means of ink, no learning).
+REFERENCE_METHODS: tuple[str, ...] = ("trivial", "kmeans")
 DATASET_LABELS: dict[str, str] = {"mnist_easy": "MNIST easy", "mnist_hard": "MNIST hard", "gabor": "Gabor",
                                   "mnist_hard_k9": "MNIST hard, K={9}", "mnist_hard_k6_9": "MNIST hard, K={6..9}",
                                   "mnist_hard_k3_9": "MNIST hard, K={3..9}", "svhn": "SVHN",
+                                  "mnist_hard_k1_9": "MNIST hard, 1-9 digits",
                                   "mnist_uneven": "MNIST uneven"}
 METRIC_LABELS: dict[str, str] = {"rmse": "RMSE", "det_rate": "detection rate (IoU 50%)",
                                  "det_rate_all": "detection rate, all K (IoU 50%)", "cls_acc": "classification accuracy",

@@ -17,11 +17,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.paper import METHOD_LABELS, TABLES, TableSpec, dataset_label, method_label
+from analysis.paper import METHOD_LABELS, REFERENCE_METHODS, TABLES, TableSpec, dataset_label, method_label
 
 __all__ = ["REQUIRED_COLUMNS", "MISSING", "check_rows", "final_rows", "select_trials", "trial_values",
            "table_cells", "format_ours", "format_table", "all_tables", "trial_summary", "cost_table", "format_cost",
-           "to_markdown", "to_html", "to_latex"]
+           "method_summary", "format_summary", "to_markdown", "to_html", "to_latex"]
 
 REQUIRED_COLUMNS = ("sweep", "trial", "phase", "method", "dataset", "table", "task", "scale", "seed", "step",
                     "final", "metric", "value", "core_seconds", "wall_seconds")
@@ -112,6 +112,60 @@ def all_tables(df: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]
         cells = table_cells(df, spec)
         out[tid] = (cells, format_table(cells, spec))
     return out
+
+
+SUMMARY_METRICS = (("rmse", "RMSE"), ("det_rate", "detection (IoU .5)"), ("cls_acc", "classif."), ("both", "Both"))
+
+
+def method_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Every (task, dataset, method) of the rows: final test metrics (mean ± std over trials, seeds phase when there
+    is one), steps; competitors first, then the reference methods, marked. A competitor whose RMSE is not below the
+    mean image's, or whose detection is not above the non-learned floor's, is flagged in `note`."""
+    f = final_rows(check_rows(df))
+    if (f["phase"] == "seeds").any():
+        f = f[f["phase"] == "seeds"]
+    per_trial = (f.sort_values(["trial", "step"], kind="stable")
+                  .drop_duplicates(["trial", "metric"], keep="last"))
+    rows = []
+    for (task, dataset, method), g in per_trial.groupby(["task", "dataset", "method"], sort=True):
+        vals = {m: g.loc[g["metric"] == m, "value"].astype(float) for m, _ in SUMMARY_METRICS}
+        vals = {m: v[np.isfinite(v)] for m, v in vals.items()}
+        rows.append({"task": task, "dataset": dataset, "method": method,
+                     "reference": method in REFERENCE_METHODS, "trials": g["trial"].nunique(),
+                     "steps": int(g["step"].max()),
+                     **{m: (float(v.mean()) if len(v) else math.nan) for m, v in vals.items()},
+                     **{f"{m}_std": (float(v.std(ddof=1)) if len(v) > 1 else math.nan) for m, v in vals.items()}})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    notes = []
+    for r in out.itertuples(index=False):
+        ref = out[(out["task"] == r.task) & (out["dataset"] == r.dataset)]
+        flags = []
+        if not r.reference:
+            triv = ref.loc[ref["method"] == "trivial", "rmse"]
+            floor = ref.loc[ref["method"] == "kmeans", "det_rate"]
+            if len(triv) and np.isfinite(r.rmse) and not r.rmse < float(triv.iloc[0]):
+                flags.append("RMSE not below the mean image's")
+            if len(floor) and np.isfinite(r.det_rate) and not r.det_rate > float(floor.iloc[0]):
+                flags.append("detection not above the k-means floor")
+        notes.append("reference, not a competitor" if r.reference else "; ".join(flags))
+    out["note"] = notes
+    order = {m: i for i, m in enumerate(METHOD_LABELS)}
+    return out.sort_values(["task", "dataset", "reference", "method"], ignore_index=True,
+                           key=lambda c: c.map(order).fillna(len(order)) if c.name == "method" else c)
+
+
+def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """Readable method summary: 'mean ± std' strings, labels; — where a method has no such metric."""
+    def cell(r, m):
+        v, s = getattr(r, m), getattr(r, f"{m}_std")
+        return MISSING if not np.isfinite(v) else f"{v:.3f}" + (f" ± {s:.3f}" if np.isfinite(s) else "")
+    return pd.DataFrame([{"task": r.task, "dataset": dataset_label(r.dataset),
+                          "method": method_label(r.method) + (" (reference)" if r.reference else ""),
+                          "trials": r.trials, "steps": f"{r.steps:,}",
+                          **{label: cell(r, m) for m, label in SUMMARY_METRICS}, "note": r.note}
+                         for r in summary.itertuples(index=False)])
 
 
 def trial_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ __all__ = ["BUILTIN", "get_method", "method_names"]
 BUILTIN: dict[str, str] = {
     "mist": "mist_core.mist:MIST",
     "trivial": "baselines.trivial:Trivial",
+    "kmeans": "baselines.kmeans:KMeansFloor",
     "grid": "baselines.grid:Grid",
     "channelwise": "baselines.channelwise:Channelwise",
     "air": "baselines.air:AIR",

@@ -237,3 +237,24 @@ def test_air_residual_inference_and_what_kl_warmup():
     assert math.isfinite(m.train_step(_batch())["loss"])
     pred = m.eval().predict(torch.rand(2, 1, 40, 40)).check(2, SPEC)
     assert pred.patches.shape == (2, 3, 1, m.cfg.patch_res, m.cfg.patch_res)
+
+
+# --- the non-learned k-means floor ------------------------------------------------------------------------------
+def test_kmeans_floor_finds_separated_blobs_by_hand():
+    """Two 4x4 squares (centres (6, 8) and (26, 24) px) and a dim pixel below the ink threshold: each cluster
+    lands on a square's centre, its box is the configured side, and the reconstruction keeps only the boxes' pixels."""
+    from baselines.kmeans import KMeansFloor
+    from mist_core.types import DataSpec
+    img = torch.zeros(1, 1, 32, 32)
+    img[0, 0, 6:10, 4:8] = 1.0              # x 4..8, y 6..10 -> centre (6, 8)
+    img[0, 0, 22:26, 24:28] = 0.5           # centre (26, 24)
+    img[0, 0, 0, 31] = 0.05                 # below ink=0.1: ignored
+    m = KMeansFloor({"box_size": 10.0}, DataSpec(1, 32, 32), "recon")
+    pred = m.predict(img, torch.tensor([2]))
+    centres = sorted(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in pred.boxes[0].tolist())
+    assert centres == [pytest.approx((6.0, 8.0)), pytest.approx((26.0, 24.0))]
+    assert (pred.boxes[0, :, 2] - pred.boxes[0, :, 0]).tolist() == [10.0, 10.0]
+    assert sorted(pred.scores[0].tolist()) == pytest.approx([8.0, 16.0])          # ink mass of each square
+    assert torch.equal(pred.recon[0, 0, 6:10, 4:8], img[0, 0, 6:10, 4:8]) and pred.recon[0, 0, 0, 31] == 0
+    two = m.predict(torch.cat([img, img]), torch.tensor([2, 1]))                     # count 1: one live cluster
+    assert two.scores[1].tolist().count(0.0) == 1 and two.scores[1].max() == pytest.approx(24.0)
