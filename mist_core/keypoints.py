@@ -7,13 +7,15 @@ Heatmap layout: per-scale maps (B, S, H, W) after the local spatial softmax, and
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mist_core._profiling import profile_range
 
-__all__ = ["scale_pool", "nms", "extract_topk", "render_heatmap"]
+__all__ = ["scale_pool", "nms", "extract_topk", "render_heatmap", "gaussian_blur"]
 
 EPS = 1e-6
 
@@ -71,3 +73,22 @@ def render_heatmap(kp: Tensor, sizes: Tensor, height: int, width: int, valid: Te
     if S > 1:
         flat.scatter_add_(1, (lo + 1) * height * width + pix, mass * t)
     return flat.view(B, S, height, width)
+
+
+def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """(B, S, H, W) -> same, each map convolved with a normalised Gaussian of std `sigma` px (zero padding).
+
+    A blurred G target keeps its maximum at the keypoint, so E_K still recovers it, and gives the heatmap
+    network a target it can approach with a smooth response instead of a one-pixel spike.
+    """
+    if sigma <= 0:
+        return maps
+    B, S, H, W = maps.shape
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=maps.dtype, device=maps.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()                                                                   # (2r+1,)
+    x = maps.reshape(B * S, 1, H, W)
+    x = F.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))                              # along W
+    x = F.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))                              # along H
+    return x.view(B, S, H, W)

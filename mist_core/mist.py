@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mist_core.config import StrictConfig
 from mist_core.heatmap import HeatmapNet
-from mist_core.keypoints import extract_topk, render_heatmap
+from mist_core.keypoints import extract_topk, gaussian_blur, render_heatmap
 from mist_core.method import LogUniform, Method, SearchSpace, Uniform
 from mist_core.sampler import keypoint_boxes, sample_patches
 from mist_core.task import TaskHead, TaskOutput, instance_mask
@@ -49,6 +49,8 @@ class MISTConfig(StrictConfig):
     lam: float = Field(1e-5, ge=0)                           # lambda of eq. 6, per squared pixel (see below)
     heat_weight_temp: float = Field(5.0, ge=0)               # w_b = exp(-temp * L_task_b)
     kp_search: tuple[PositiveFloat, ...] = ()                # local-search rounds before the x step: shift (px) each
+    heat_sigma: float = Field(0.0, ge=0)                     # G's target blurred by a Gaussian of this std (px)
+    kp_jitter: float = Field(0.0, ge=0)                      # std (px) of noise added to E_K's keypoints in training
 
 
 # lambda: the task loss is a per-pixel mean (recon: ~0.04 per image early on), so a 3 px move of the 9 keypoints'
@@ -65,7 +67,8 @@ PRESETS: dict[str, dict] = {
     # (16, 24) detection at step 500 was 0.25 (recon) and 0.39 (classify at step 300), with (20,) 0.40 and 0.46,
     # and a step is 15% cheaper (MNIST hard, 1 thread, seed 0; the session-3 note has the runs)
     "quick": dict(sizes=(20.0,), patch_res=16, heat_width=8, heat_blocks=4, task_width=8, task_levels=4,
-                  task_blocks=1, lr_task=1e-3, lr_heat=1e-3, kp_lr=1e5, kp_steps=4, kp_max_move=4.0),
+                  task_blocks=1, lr_task=1e-3, lr_heat=1e-3, kp_lr=1e5, kp_steps=4, kp_max_move=4.0,
+                  heat_sigma=1.0),
     "paper": dict(sizes=(16.0, 20.0, 24.0, 28.0), patch_res=32, heat_width=32, heat_blocks=4, task_width=16,
                   task_levels=5, task_blocks=3, lr_task=1e-4, lr_heat=1e-4),
 }
@@ -212,7 +215,7 @@ class MIST(Method):
     def stage_heatmap(self, h_scales: Tensor, x: Tensor, task_loss: Tensor, valid: Tensor) -> Tensor:
         """Line 5: a step on eta regressing H_eta(I) to G(x). Returns the weighted heatmap loss (scalar)."""
         B, S, H, W = h_scales.shape
-        target = render_heatmap(x, self.sizes, H, W, valid)                            # (B, S, H, W)
+        target = gaussian_blur(render_heatmap(x, self.sizes, H, W, valid), self.cfg.heat_sigma)  # (B, S, H, W)
         w = torch.exp(-self.cfg.heat_weight_temp * task_loss)                         # (B,) detached
         loss = (w * ((h_scales - target) ** 2).flatten(1).sum(1)).mean()
         self.opt_heat.zero_grad(set_to_none=True)
@@ -222,6 +225,10 @@ class MIST(Method):
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         h_scales, _, kp0, _ = self.detect(batch.images)
+        if self.cfg.kp_jitter > 0:
+            noise = torch.randn_like(kp0) * self.cfg.kp_jitter
+            noise[..., 2] = 0
+            kp0 = self.keep_inside(kp0 + noise, *batch.images.shape[-2:])                # (B, K, 3)
         task_loss = self.stage_task(batch, kp0)
         x, kp_loss = self.stage_keypoints(batch, kp0)
         heat_loss = self.stage_heatmap(h_scales, x, kp_loss, self.valid_mask(batch))

@@ -131,6 +131,8 @@ class Trainer:
         self.core_seconds = 0.0
         n_setup = min(len(self.splits.train), 256)
         self.method.fit_setup(self.splits.train.batch(slice(0, n_setup)).images.to(self.method.device))
+        # initial lrs, before any checkpoint is loaded: the schedule is a function of the step alone
+        self._base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.method.optimizers().items()}
         self._epoch = iter(())
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -158,6 +160,20 @@ class Trainer:
                                   f"({len(self.splits.train)} images)")
         return batch.to(self.method.device)
 
+    def lr_factor(self) -> float:
+        """The schedule's multiplier of every optimiser's initial lr at the current step."""
+        t = self.tcfg
+        if t.lr_decay == "none":
+            return 1.0
+        progress = min(self.step / t.max_steps, 1.0)
+        return t.lr_final + (1 - t.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _apply_lr(self) -> None:
+        f = self.lr_factor()
+        for name, opt in self.method.optimizers().items():
+            for g, base in zip(opt.param_groups, self._base_lrs[name]):
+                g["lr"] = base * f
+
     def budget_left(self) -> bool:
         t = self.tcfg
         return self.step < t.max_steps and (t.max_seconds is None or self.train_seconds < t.max_seconds)
@@ -175,6 +191,8 @@ class Trainer:
         while self.budget_left() and not stop:
             batch = self._next_batch()
             t0, c0 = time.perf_counter(), time.process_time()
+            if self.tcfg.lr_decay != "none":
+                self._apply_lr()
             losses = self.method.train_step(batch)
             self.train_seconds += time.perf_counter() - t0
             self.core_seconds += time.process_time() - c0
@@ -205,6 +223,8 @@ class Trainer:
                   **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}, **mets}
         if final:
             report["final"] = 1.0
+            # the seconds cap is a safety limit: a run it stopped short of max_steps is marked, not silently shorter
+            report["stopped_by_seconds"] = float(self.step < self.tcfg.max_steps)
         return report, pred
 
 

@@ -1,13 +1,15 @@
 """MIST's own operators: E_K, G, S, S^-1, the heatmap network, the task networks, and Algorithm 1's stages."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mist_core.heatmap import HeatmapNet, local_spatial_softmax
-from mist_core.keypoints import extract_topk, nms, render_heatmap, scale_pool
+from mist_core.keypoints import extract_topk, gaussian_blur, nms, render_heatmap, scale_pool
 from mist_core.mist import MIST
 from mist_core.sampler import keypoint_boxes, paste_patches, sample_patches
 from mist_core.tasknets import PatchAutoEncoder, PatchClassifier
@@ -41,6 +43,32 @@ def test_topk_inverts_render(kp):
     order = lambda t: t[0][torch.argsort(t[0, :, 1] * 1000 + t[0, :, 0])]  # noqa: E731
     assert torch.allclose(order(got), order(kp), atol=1e-4)
     assert (scores > 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(separated_keypoints())
+def test_topk_inverts_the_blurred_render(kp):
+    """A Gaussian-blurred G target (heat_sigma = 1 px) keeps E_K(G(x)) = x and each keypoint's unit mass."""
+    H = W = 48
+    hs = gaussian_blur(render_heatmap(kp, SIZES, H, W), 1.0)                    # (1, S, H, W)
+    inner = (kp[0, :, :2] > 4).all() and (kp[0, :, :2] < H - 4).all()
+    if inner:                                                             # the zero padding loses mass at the border
+        assert torch.allclose(hs.sum(), torch.tensor(float(kp.shape[1])), atol=1e-4)
+    got, _ = extract_topk(hs, scale_pool(hs), SIZES, kp.shape[1], window=5)
+    order = lambda t: t[0][torch.argsort(t[0, :, 1] * 1000 + t[0, :, 0])]  # noqa: E731
+    assert torch.allclose(order(got), order(kp), atol=1e-4)
+
+
+def test_gaussian_blur_by_hand():
+    """One unit spike, sigma 1: the centre keeps 1/(sum of the 1-D kernel)^2 of its mass, ratios exp(-d^2/2)."""
+    x = torch.zeros(1, 1, 9, 9)
+    x[0, 0, 4, 4] = 1.0
+    y = gaussian_blur(x, 1.0)
+    k1 = torch.exp(-0.5 * torch.arange(-3, 4.0) ** 2).sum()
+    assert y[0, 0, 4, 4] == pytest.approx(1 / float(k1) ** 2, rel=1e-5)
+    assert y[0, 0, 4, 5] / y[0, 0, 4, 4] == pytest.approx(math.exp(-0.5), rel=1e-5)
+    assert y[0, 0, 5, 5] / y[0, 0, 4, 4] == pytest.approx(math.exp(-1.0), rel=1e-5)
+    assert torch.equal(gaussian_blur(x, 0.0), x)
 
 
 def test_render_splits_scale_between_neighbours():
