@@ -88,3 +88,20 @@ def test_bench_sweep_tiny(tmp_path):
     assert s["trials"] == 2 and s["cores"] >= 1
     assert all(_positive(s[k]) for k in ("wall_s", "train_seconds_sum", "core_seconds_sum", "utilisation"))
     assert s["utilisation"] <= 1.0 and s["per_trial_overhead_s"] >= 0
+
+
+def test_oracle_ladder_at_smoke_scale(tmp_path, capsys):
+    """Each rung trains and writes its row; the task oracle's boxes are the ground truth (detection 1), and the
+    table renders mean and spread per rung."""
+    from bench import ladder
+    out = tmp_path / "ladder.json"
+    assert ladder.main(["run", "--scale", "smoke", "--steps", "2", "--eval-every", "1", "--threads", "1",
+                        "--rungs", "task_on_gt,heatmap_on_gt,mist", "--task", "classify", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["rung"] for r in rows] == ["task_on_gt", "heatmap_on_gt", "mist"]
+    assert rows[0]["final"]["det_rate"] == 1.0 and 0 <= rows[2]["final"]["det_rate"] <= 1
+    assert all(r["final"]["step"] == 2 and len(r["history"]) == 2 for r in rows)
+    capsys.readouterr()
+    assert ladder.main(["table", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| classify | task_on_gt | 0 | 2 |" in table and "1.000 (2)" in table

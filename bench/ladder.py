@@ -1,0 +1,195 @@
+"""The oracle ladder: where MIST's localisation gap sits, measured at equal steps.
+
+    python -m bench.ladder run --task recon --steps 1000 --seeds 0 --rungs task_on_gt,heatmap_on_gt,mist \
+        --out bench/measured/ladder-recon-s0.json
+    python -m bench.ladder table bench/measured/ladder-recon-*.json     # Markdown: mean ± std over seeds
+
+Rungs (each one Trainer run, by default of the quick scale on mnist_hard; the same steps, data and seed):
+  task_on_gt     (a) the task network alone, trained and evaluated on patches at the ground-truth centres:
+                 the RMSE / classification ceiling of the task network at this scale.
+  heatmap_on_gt  (b) the heatmap network alone, regressed to G(ground-truth centres): the detection ceiling.
+  mist           (c) full MIST, the quick preset.
+  no_*           (d) MIST with one of the preset's changes removed (RUNGS says which fields).
+Every rung writes its evaluation history (every `--eval-every` steps on 256 test images, the final one on 1,000).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.cli import write_json_atomic
+from bench.machine import machine_info
+from mist_core import metrics
+from mist_core.mist import MIST
+from baselines.supervised import gt_keypoints
+from mist_core.sampler import keypoint_boxes, sample_patches
+from mist_core.train import RunConfig, Trainer
+from mist_core.types import Batch, Prediction
+
+__all__ = ["RUNGS", "OracleTask", "OracleHeatmap", "oracle_keypoints", "run_rung"]
+
+# name -> (method, method overrides, train overrides); overrides are relative to the quick presets
+RUNGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "task_on_gt": ("bench.ladder:OracleTask", {}, {}),
+    "heatmap_on_gt": ("bench.ladder:OracleHeatmap", {}, {}),
+    "mist": ("mist", {}, {}),
+    "no_blur": ("mist", {"heat_sigma": 0.0}, {}),
+    "no_decay": ("mist", {}, {"lr_decay": "none"}),
+    "with_jitter": ("mist", {"kp_jitter": 1.0}, {}),
+    "session4_preset": ("mist", {"heat_sigma": 0.0}, {"lr_decay": "none"}),
+}
+
+
+def oracle_keypoints(m: MIST, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Ground-truth keypoints (B, L, 3) for MIST's scale range and their mask (B, L); padding lies off the canvas."""
+    return gt_keypoints(batch.boxes, batch.counts, m.cfg.sizes[0], m.cfg.sizes[-1])
+
+
+class OracleTask(MIST):
+    """(a) Only the task network trains, on patches at the ground-truth centres."""
+
+    name = "oracle_task"
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        kp, valid = oracle_keypoints(self, batch)
+        out = self.head(sample_patches(batch.images, kp, self.cfg.patch_res), kp, batch, valid)
+        self.opt_task.zero_grad(set_to_none=True)
+        out.loss.mean().backward()
+        self.opt_task.step()
+        return {"task": float(out.loss.detach().mean())}
+
+    @torch.no_grad()
+    def predict_gt(self, batch: Batch) -> Prediction:
+        """Boxes at the ground-truth centres; the task outputs there (padding patches masked out)."""
+        kp, valid = oracle_keypoints(self, batch)
+        out = self.head(sample_patches(batch.images, kp, self.cfg.patch_res), kp, batch, valid)
+        return Prediction(boxes=keypoint_boxes(kp), scores=valid.float(), recon=out.recon, class_probs=out.class_probs)
+
+
+class OracleHeatmap(MIST):
+    """(b) Only the heatmap network trains, regressed to G(ground-truth centres) with unit weights."""
+
+    name = "oracle_heatmap"
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        kp, valid = oracle_keypoints(self, batch)
+        h_scales, _ = self.heat(batch.images)
+        loss = self.stage_heatmap(h_scales, kp, torch.zeros(len(batch), device=kp.device), valid)
+        return {"heat": float(loss)}
+
+
+class _GTTrainer(Trainer):
+    """Evaluates OracleTask at the ground-truth centres (its predict() cannot see them)."""
+
+    def evaluate(self, n):
+        data = self.splits.test
+        n = len(data) if n is None else min(n, len(data))
+        self.method.eval()
+        parts = [self.method.predict_gt(data.batch(slice(i, min(i + 64, n))).to(self.method.device)).detach_cpu()
+                 for i in range(0, n, 64)]
+        self.method.train()
+        pred = Prediction(*(None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts])
+                            for f in ("boxes", "scores", "recon", "class_probs")))
+        return metrics.evaluate_predictions(pred, data.subset(n)), pred
+
+
+def placement(pred: Prediction, boxes: Tensor, counts: Tensor) -> dict[str, float]:
+    """How the top-count boxes sit on the digits: the mean distance (px) from a ground-truth centre to the nearest
+    predicted centre, the share of digits with none within 4 px (IoU .5 of two 20 px squares needs about 3.7 px
+    per axis), and the mean number per image of predicted centres closer than 10 px (two patches on one digit)."""
+    K = pred.boxes.shape[1]
+    keep = torch.arange(K)[None] < counts[:, None].clamp(max=K)                       # (B, K)
+    pc = (pred.boxes[..., :2] + pred.boxes[..., 2:]) / 2                              # (B, K, 2)
+    gc = (boxes[..., :2] + boxes[..., 2:]) / 2                                        # (B, L, 2)
+    gvalid = torch.arange(boxes.shape[1])[None] < counts[:, None]                     # (B, L)
+    d = torch.cdist(gc, pc).masked_fill(~keep[:, None, :], float("inf")).amin(-1)     # (B, L)
+    pp = torch.cdist(pc, pc)                                                          # (B, K, K)
+    pair = keep[:, :, None] & keep[:, None, :] & torch.ones(K, K, dtype=torch.bool).triu(1)
+    return {"gt_to_kp_px": float(d[gvalid].mean()), "gt_far_4px": float((d[gvalid] > 4).float().mean()),
+            "close_pairs_10px": float(((pp < 10) & pair).sum((1, 2)).float().mean())}
+
+
+def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threads: int | None,
+             dataset: str = "mnist_hard", scale: str = "quick", dataset_params: dict | None = None) -> dict[str, Any]:
+    method, mparams, tparams = RUNGS[rung]
+    cfg = RunConfig(method=method, dataset=dataset, task=task, scale=scale, seed=seed, method_params=mparams,
+                    dataset_params=dataset_params or {},
+                    train={"max_steps": steps, "max_seconds": None, "eval_every": eval_every, "threads": threads,
+                           **tparams})
+    trainer = (_GTTrainer if rung == "task_on_gt" else Trainer)(cfg)
+    t0 = time.perf_counter()
+    res = trainer.run(progress=True)
+    test = trainer.splits.test.subset(res.example.boxes.shape[0]).batch(slice(None))
+    final = {**res.metrics, **placement(res.example, test.boxes, test.counts)}
+    return {"rung": rung, "task": task, "seed": seed, "steps": steps, "dataset": dataset, "scale": scale,
+            "method": method, "method_params": cfg.method_params, "train": cfg.train,
+            "wall_seconds": time.perf_counter() - t0, "history": res.history, "final": final}
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    keys = [("rmse", "RMSE"), ("det_rate", "det@.5"), ("cls_acc", "classif."), ("both", "Both"),
+            ("gt_to_kp_px", "digit->kp px"), ("gt_far_4px", "digits >4 px"), ("close_pairs_10px", "pairs <10 px")]
+    out = ["| task | rung | seeds | steps | " + " | ".join(k[1] for k in keys) + " | best det (step) | s/step |",
+           "|---|---|---|---|" + "---|" * len(keys) + "---|---|"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["rung"]), []).append(r)
+    for (task, rung), rs in sorted(groups.items()):
+        cells = []
+        for k, _ in keys:
+            v = [r["final"][k] for r in rs if k in r["final"]]
+            cells.append("-" if not v else f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}")
+        best = [max((h.get("det_rate", 0.0), h["step"]) for h in r["history"]) for r in rs]
+        sps = np.mean([r["final"]["seconds"] / max(r["final"]["step"], 1) for r in rs])
+        out.append(f"| {task} | {rung} | {','.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | "
+                   + " | ".join(cells) + " | " + ", ".join(f"{d:.3f} ({int(s)})" for d, s in best)
+                   + f" | {sps:.2f} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.ladder", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train the rungs, write one JSON")
+    r.add_argument("--task", choices=["recon", "classify"], default="recon")
+    r.add_argument("--rungs", default="task_on_gt,heatmap_on_gt,mist")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0])
+    r.add_argument("--steps", type=int, default=1000)
+    r.add_argument("--eval-every", type=int, default=100)
+    r.add_argument("--threads", type=int)
+    r.add_argument("--dataset", default="mnist_hard")
+    r.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
+    r.add_argument("--out", required=True)
+    t = sub.add_parser("table", help="Markdown table of ladder JSON files")
+    t.add_argument("files", nargs="+")
+    a = ap.parse_args(argv)
+    if a.cmd == "table":
+        rows = [row for f in a.files for row in json.loads(Path(f).read_text())["rows"]]
+        print(_table(rows))
+        return 0
+    rungs = [x for x in a.rungs.split(",") if x]
+    unknown = [x for x in rungs if x not in RUNGS]
+    if unknown:
+        ap.error(f"--rungs: unknown {', '.join(unknown)}; known: {', '.join(RUNGS)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    doc: dict[str, Any] = {"command": "python -m bench.ladder " + " ".join(sys.argv[1:] if argv is None else argv),
+                           "machine": machine_info("cpu"), "rows": []}
+    for seed in a.seeds:
+        for rung in rungs:
+            doc["rows"].append(run_rung(rung, a.task, seed, a.steps, a.eval_every, a.threads, a.dataset, a.scale))
+            write_json_atomic(a.out, doc)  # after every rung: an interrupted ladder keeps what it measured
+    print(_table(doc["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
