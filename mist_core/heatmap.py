@@ -70,7 +70,7 @@ class HeatmapNet(nn.Module):
     def __init__(self, in_ch: int, width: int, blocks: int, sizes: tuple[float, ...], window: int = 15,
                  strength: float = 10.0):
         super().__init__()
-        self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.float32), persistent=False)
+        self.scale_sizes = tuple(float(x) for x in sizes)   # Python floats: no device read (host sync) per forward
         self.window, self.strength = window, strength
         self.stem = nn.Conv2d(in_ch, width, 3, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
@@ -86,8 +86,8 @@ class HeatmapNet(nn.Module):
         """images (B, C, H, W) -> per-scale heatmaps (B, S, H, W) and the scale-pooled heatmap (B, H, W)."""
         B, C, H, W = images.shape
         maps = []
-        for s in self.sizes.tolist():                            # S is 1-5: a loop over scales, not pixels
-            f = float(self.sizes[0]) / s
+        for s in self.scale_sizes:                               # S is 1-5: a loop over scales, not pixels
+            f = self.scale_sizes[0] / s
             x = images if f == 1.0 else F.interpolate(images, scale_factor=f, mode="bilinear",
                                                       antialias=True, align_corners=False)
             r = self.raw(x)
