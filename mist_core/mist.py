@@ -8,13 +8,11 @@ One training step on a batch of images I:
 The heatmap forward of step 0 is reused by step 3 (one H_eta forward per batch). Keypoints are (cx, cy, size)
 in pixels; the x step moves them in pixel units, at most kp_max_move pixels per step (a trust region: the
 authors' SGD at lr 1e4 on a batch-mean loss moves them by a data-dependent amount; we bound it instead).
-Option, off by default (a departure from the paper's gradient x step): `kp_search` runs rounds of local search on
-the same lifted objective before the gradient steps (`search_keypoints`); with `kp_steps=0` it replaces them.
 """
 from __future__ import annotations
 
 import torch
-from pydantic import Field, PositiveFloat
+from pydantic import Field
 from torch import Tensor
 
 from mist_core.config import StrictConfig
@@ -48,7 +46,6 @@ class MISTConfig(StrictConfig):
     kp_accept: bool = True                                   # undo keypoint steps that raise an image's loss
     lam: float = Field(1e-5, ge=0)                           # lambda of eq. 6, per squared pixel (see below)
     heat_weight_temp: float = Field(5.0, ge=0)               # w_b = exp(-temp * L_task_b)
-    kp_search: tuple[PositiveFloat, ...] = ()                # local-search rounds before the x step: shift (px) each
     heat_sigma: float = Field(0.0, ge=0)                     # G's target blurred by a Gaussian of this std (px)
     kp_jitter: float = Field(0.0, ge=0)                      # std (px) of noise added to E_K's keypoints in training
 
@@ -156,8 +153,6 @@ class MIST(Method):
         B = kp0.shape[0]
         H, W = batch.images.shape[-2:]
         x = kp0.clone()
-        for d in c.kp_search:
-            x = self.search_keypoints(batch, x, kp0, d)
         best_x, best_obj, best_loss, best_g = x, None, None, None
         rate = torch.full((B, 1, 1), float(c.kp_lr), device=kp0.device)                 # per-image step size...
         radius = torch.full((B, 1, 1), float(c.kp_max_move), device=kp0.device)         # ...and trust radius (px)
@@ -188,29 +183,6 @@ class MIST(Method):
         if not c.kp_accept and c.kp_steps > 0:
             return x, best_loss                                                              # the loss before the last step
         return best_x, best_loss
-
-    @torch.no_grad()
-    def search_keypoints(self, batch: Batch, x: Tensor, kp0: Tensor, d: float) -> Tensor:
-        """One round of local search on the lifted objective: every keypoint tries the 8 shifts of d pixels
-        around it (and staying), each priced with the other patches fixed (TaskHead.move_losses); all take their
-        best at once, and an image keeps the joint move only if its objective (task loss + lambda pull) falls.
-        x, kp0 (B, K, 3) -> x (B, K, 3). One task forward on 9x the patches, no backward."""
-        H, W = batch.images.shape[-2:]
-        B, K, _ = x.shape
-        o = torch.tensor([0.0, -d, d], device=x.device)
-        shifts = torch.stack(torch.meshgrid(o, o, indexing="ij"), -1).reshape(-1, 2)      # (9, 2), (0, 0) first
-        shifts = torch.cat([shifts, torch.zeros(len(shifts), 1, device=x.device)], -1)   # (J, 3)
-        cand = self.keep_inside(x[:, :, None] + shifts, H, W)                            # (B, K, J, 3)
-        J = cand.shape[2]
-        patches = sample_patches(batch.images, cand.reshape(B, K * J, 3), self.cfg.patch_res)
-        patches = patches.view(B, K, J, *patches.shape[2:])                              # (B, K, J, C, p, p)
-        losses, joint = self.head.move_losses(patches, cand, batch, self.valid_mask(batch))
-        pull = self.cfg.lam * ((cand - kp0[:, :, None]) ** 2).sum(-1)                      # (B, K, J)
-        choice = (losses + pull).argmin(2)                                                # (B, K), ties -> stay
-        new = cand.gather(2, choice[:, :, None, None].expand(B, K, 1, 3))[:, :, 0]       # (B, K, 3)
-        obj_new = joint(choice) + self.cfg.lam * ((new - kp0) ** 2).flatten(1).sum(1)     # (B,)
-        obj_old = losses[:, 0, 0] + self.cfg.lam * ((x - kp0) ** 2).flatten(1).sum(1)   # every patch at candidate 0
-        return torch.where((obj_new < obj_old)[:, None, None], new, x)
 
     def stage_heatmap(self, h_scales: Tensor, x: Tensor, task_loss: Tensor, valid: Tensor) -> Tensor:
         """Line 5: a step on eta regressing H_eta(I) to G(x). Returns the weighted heatmap loss (scalar)."""
