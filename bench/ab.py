@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     from mist_core._runtime import configure_torch
-    from mist_core.cli import _kv
+    from mist_core.config import parse_overrides
     from mist_core.train import resolve
 
     ap = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method-param", "-m", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args(argv)
     threads = configure_torch(a.threads)
-    overrides = _kv(a.method_param)
+    overrides = parse_overrides(a.method_param)
     r, splits = load_case(a.method, a.task, a.scale)
     r = resolve(r.run.model_copy(update={"method_params": overrides}))
     w = build(r, splits)

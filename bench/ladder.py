@@ -9,7 +9,8 @@ Rungs (each one Trainer run, by default of the quick scale on mnist_hard; the sa
                  the RMSE / classification ceiling of the task network at this scale.
   heatmap_on_gt  (b) the heatmap network alone, regressed to G(ground-truth centres): the detection ceiling.
   mist           (c) full MIST, the quick preset.
-  no_*           (d) MIST with one of the preset's changes removed (RUNGS says which fields).
+  no_*, with_*   (d) MIST with one of the preset's changes removed or a candidate added (RUNGS says which fields).
+  grid, kmeans   the comparisons: grid at the same steps, the non-learned floor.
 Every rung writes its evaluation history (every `--eval-every` steps on 256 test images, the final one on 1,000).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import Tensor
 from bench.cli import write_json_atomic
 from bench.machine import machine_info
 from mist_core import metrics
+from mist_core.config import parse_overrides
 from mist_core.mist import MIST
 from baselines.supervised import gt_keypoints
 from mist_core.sampler import keypoint_boxes, sample_patches
@@ -46,6 +48,9 @@ RUNGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "no_decay": ("mist", {}, {"lr_decay": "none"}),
     "with_jitter": ("mist", {"kp_jitter": 1.0}, {}),
     "session4_preset": ("mist", {"heat_sigma": 0.0}, {"lr_decay": "none"}),
+    "nms9": ("mist", {"nms_window": 9}, {}),
+    "grid": ("grid", {}, {}),                 # the same steps: the RMSE MIST must beat
+    "kmeans": ("kmeans", {}, {"max_steps": 1, "eval_every": 1}),  # the non-learned floor (nothing to train)
 }
 
 
@@ -119,8 +124,10 @@ def placement(pred: Prediction, boxes: Tensor, counts: Tensor) -> dict[str, floa
 
 
 def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threads: int | None,
-             dataset: str = "mnist_hard", scale: str = "quick", dataset_params: dict | None = None) -> dict[str, Any]:
+             dataset: str = "mnist_hard", scale: str = "quick", dataset_params: dict | None = None,
+             method_params: dict | None = None) -> dict[str, Any]:
     method, mparams, tparams = RUNGS[rung]
+    mparams = {**mparams, **(method_params or {})}
     cfg = RunConfig(method=method, dataset=dataset, task=task, scale=scale, seed=seed, method_params=mparams,
                     dataset_params=dataset_params or {},
                     train={"max_steps": steps, "max_seconds": None, "eval_every": eval_every, "threads": threads,
@@ -130,8 +137,8 @@ def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threa
     res = trainer.run(progress=True)
     test = trainer.splits.test.subset(res.example.boxes.shape[0]).batch(slice(None))
     final = {**res.metrics, **placement(res.example, test.boxes, test.counts)}
-    return {"rung": rung, "task": task, "seed": seed, "steps": steps, "dataset": dataset, "scale": scale,
-            "method": method, "method_params": cfg.method_params, "train": cfg.train,
+    return {"rung": rung, "overrides": method_params or {}, "task": task, "seed": seed,
+            "steps": int(res.metrics["step"]), "dataset": dataset, "scale": scale, "method": method, "method_params": cfg.method_params, "train": cfg.train,
             "wall_seconds": time.perf_counter() - t0, "history": res.history, "final": final}
 
 
@@ -142,15 +149,16 @@ def _table(rows: list[dict[str, Any]]) -> str:
            "|---|---|---|---|" + "---|" * len(keys) + "---|---|"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["task"], r["rung"]), []).append(r)
-    for (task, rung), rs in sorted(groups.items()):
+        groups.setdefault((r["task"], r["rung"], json.dumps(r.get("overrides", {}), sort_keys=True)), []).append(r)
+    for (task, rung, _), rs in sorted(groups.items()):
         cells = []
         for k, _ in keys:
             v = [r["final"][k] for r in rs if k in r["final"]]
             cells.append("-" if not v else f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}")
         best = [max((h.get("det_rate", 0.0), h["step"]) for h in r["history"]) for r in rs]
         sps = np.mean([r["final"]["seconds"] / max(r["final"]["step"], 1) for r in rs])
-        out.append(f"| {task} | {rung} | {','.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | "
+        label = rung + "".join(f" {k}={v}" for k, v in rs[0].get("overrides", {}).items())
+        out.append(f"| {task} | {label} | {','.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | "
                    + " | ".join(cells) + " | " + ", ".join(f"{d:.3f} ({int(s)})" for d, s in best)
                    + f" | {sps:.2f} |")
     return "\n".join(out)
@@ -168,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int)
     r.add_argument("--dataset", default="mnist_hard")
     r.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
+    r.add_argument("--method-param", "-m", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method override on top of every rung's (e.g. -m heat_width=16)")
     r.add_argument("--out", required=True)
     t = sub.add_parser("table", help="Markdown table of ladder JSON files")
     t.add_argument("files", nargs="+")
@@ -185,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                            "machine": machine_info("cpu"), "rows": []}
     for seed in a.seeds:
         for rung in rungs:
-            doc["rows"].append(run_rung(rung, a.task, seed, a.steps, a.eval_every, a.threads, a.dataset, a.scale))
+            doc["rows"].append(run_rung(rung, a.task, seed, a.steps, a.eval_every, a.threads, a.dataset, a.scale,
+                                        method_params=parse_overrides(a.method_param)))
             write_json_atomic(a.out, doc)  # after every rung: an interrupted ladder keeps what it measured
     print(_table(doc["rows"]))
     return 0

@@ -15,27 +15,14 @@ import logging
 import sys
 from pathlib import Path
 
-from mist_core.config import ConfigError
-
-
-def _kv(items: list[str]) -> dict:
-    """['a=1', 'b=[2,3]', 'c=1e-5'] -> {'a': 1, 'b': [2, 3], 'c': 1e-05} (values parsed as YAML, config.load_yaml)."""
-    from mist_core.config import load_yaml
-
-    out = {}
-    for it in items:
-        key, sep, val = it.partition("=")
-        if not sep:
-            raise ConfigError(f"{it!r}: expected KEY=VALUE")
-        out[key] = load_yaml(val)
-    return out
+from mist_core.config import ConfigError, parse_overrides
 
 
 def cmd_train(a: argparse.Namespace) -> int:
     from mist_core.train import RunConfig, Trainer
 
     cfg = RunConfig(method=a.method, dataset=a.dataset, task=a.task, scale=a.scale, seed=a.seed,
-                    method_params=_kv(a.method_param), dataset_params=_kv(a.dataset_param), train=_kv(a.train))
+                    method_params=parse_overrides(a.method_param), dataset_params=parse_overrides(a.dataset_param), train=parse_overrides(a.train))
     result = Trainer(cfg).run()
     print(json.dumps(result.metrics, indent=1, sort_keys=True))
     if a.out:
@@ -48,7 +35,7 @@ def cmd_preview(a: argparse.Namespace) -> int:
     from mist_core.data.preview import write_preview
     from mist_core.presets import DATA_PRESETS
 
-    cfg = dataset_config(a.dataset, {**DATA_PRESETS["smoke"], **_kv(a.dataset_param)})
+    cfg = dataset_config(a.dataset, {**DATA_PRESETS["smoke"], **parse_overrides(a.dataset_param)})
     out = Path(a.out or f"previews/{a.dataset}.png")
     write_preview(load_splits(cfg).train, out, n=a.n)
     print(out)

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["StrictConfig", "ConfigError", "parse_config", "load_yaml"]
+__all__ = ["StrictConfig", "ConfigError", "parse_config", "load_yaml", "parse_overrides"]
 
 T = TypeVar("T", bound="StrictConfig")
 
@@ -71,3 +71,14 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+
 def load_yaml(text: str) -> Any:
     """yaml.safe_load, except that `1e-5` is the float 1e-05 (as a researcher means it), not the string '1e-5'."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['a=1', 'b=[2,3]', 'c=1e-5'] -> {'a': 1, 'b': [2, 3], 'c': 1e-05}: command-line KEY=VALUE, values as YAML."""
+    out = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep:
+            raise ConfigError(f"{it!r}: expected KEY=VALUE")
+        out[key] = load_yaml(val)
+    return out
