@@ -133,7 +133,7 @@ def build(r: Resolved, splits: Splits, data: dict[str, torch.Tensor], a: argpars
     if not a.compile:
         return tr, None
     try:
-        # the conv stacks only: the code around them has profiler ranges and a per-scale .tolist() (graph breaks)
+        # the conv stacks only: the code around them has profiler ranges (graph breaks)
         for sub in (s for m in tr.method.modules().values() for s in m.modules()):
             if isinstance(sub, TaskHead):
                 sub.net = torch.compile(sub.net, mode=a.compile_mode)
