@@ -10,7 +10,7 @@ Rungs (each one Trainer run, by default of the quick scale on mnist_hard; the sa
   heatmap_on_gt  (b) the heatmap network alone, regressed to G(ground-truth centres): the detection ceiling.
   mist           (c) full MIST, the quick preset.
   no_*, with_*   (d) MIST with one of the preset's changes removed or a candidate added (RUNGS says which fields).
-  grid, kmeans   the comparisons: grid at the same steps, the non-learned floor.
+  grid, kmeans, trivial   the comparisons: grid at the same steps, the non-learned floor, the mean image.
 Every rung writes its evaluation history (every `--eval-every` steps on 256 test images, the final one on 1,000).
 """
 from __future__ import annotations
@@ -46,11 +46,13 @@ RUNGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "mist": ("mist", {}, {}),
     "no_blur": ("mist", {"heat_sigma": 0.0}, {}),
     "no_decay": ("mist", {}, {"lr_decay": "none"}),
-    "with_jitter": ("mist", {"kp_jitter": 1.0}, {}),
     "session4_preset": ("mist", {"heat_sigma": 0.0}, {"lr_decay": "none"}),
     "nms9": ("mist", {"nms_window": 9}, {}),
     "grid": ("grid", {}, {}),                 # the same steps: the RMSE MIST must beat
     "kmeans": ("kmeans", {}, {"max_steps": 1, "eval_every": 1}),  # the non-learned floor (nothing to train)
+    "trivial": ("trivial", {}, {}),           # the mean image
+    "channelwise": ("channelwise", {}, {}),   # the paper's Table 1 order at the same steps: MIST < grid < ch.-wise
+    "air": ("air", {}, {}),                   # < AIR (Esl16)
 }
 
 

@@ -47,7 +47,6 @@ class MISTConfig(StrictConfig):
     lam: float = Field(1e-5, ge=0)                           # lambda of eq. 6, per squared pixel (see below)
     heat_weight_temp: float = Field(5.0, ge=0)               # w_b = exp(-temp * L_task_b)
     heat_sigma: float = Field(0.0, ge=0)                     # G's target blurred by a Gaussian of this std (px)
-    kp_jitter: float = Field(0.0, ge=0)                      # std (px) of noise added to E_K's keypoints in training
 
 
 # lambda: the task loss is a per-pixel mean (recon: ~0.04 per image early on), so a 3 px move of the 9 keypoints'
@@ -63,7 +62,7 @@ PRESETS: dict[str, dict] = {
     # One scale of 20 px, the digits' ink size (MNIST-hard's squared boxes measure 20.0 px on average): with two scales
     # (16, 24) detection at step 500 was 0.25 (recon) and 0.39 (classify at step 300), with (20,) 0.40 and 0.46,
     # and a step is 15% cheaper (MNIST hard, 1 thread, seed 0; the session-3 note has the runs)
-    "quick": dict(sizes=(20.0,), patch_res=16, heat_width=8, heat_blocks=4, task_width=8, task_levels=4,
+    "quick": dict(sizes=(20.0,), patch_res=16, heat_width=16, heat_blocks=4, task_width=8, task_levels=4,
                   task_blocks=1, lr_task=1e-3, lr_heat=1e-3, kp_lr=1e5, kp_steps=4, kp_max_move=4.0,
                   heat_sigma=1.0),
     "paper": dict(sizes=(16.0, 20.0, 24.0, 28.0), patch_res=32, heat_width=32, heat_blocks=4, task_width=16,
@@ -197,10 +196,6 @@ class MIST(Method):
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         h_scales, _, kp0, _ = self.detect(batch.images)
-        if self.cfg.kp_jitter > 0:
-            noise = torch.randn_like(kp0) * self.cfg.kp_jitter
-            noise[..., 2] = 0
-            kp0 = self.keep_inside(kp0 + noise, *batch.images.shape[-2:])                # (B, K, 3)
         task_loss = self.stage_task(batch, kp0)
         x, kp_loss = self.stage_keypoints(batch, kp0)
         heat_loss = self.stage_heatmap(h_scales, x, kp_loss, self.valid_mask(batch))
