@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -33,9 +34,12 @@ _ORDER = list(METHOD_LABELS)
 
 
 def method_color(method: str) -> str:
-    """The same colour for a method in every figure (matplotlib's tab10 cycle, in METHOD_LABELS order)."""
-    i = _ORDER.index(method) if method in _ORDER else len(_ORDER) + abs(hash(method)) % 3
-    return f"C{i % 10}"
+    """The same colour for a method in every figure and every run: matplotlib's tab10 cycle in METHOD_LABELS
+    order; any other name gets one of the colours left over, picked by a stable hash of the name (crc32)."""
+    if method in _ORDER:
+        return f"C{_ORDER.index(method) % 10}"
+    spare = max(10 - len(_ORDER), 1)
+    return f"C{(len(_ORDER) + zlib.crc32(method.encode()) % spare) % 10}"
 
 
 def to_data_uri(fig: Figure, dpi: int = 80) -> str:

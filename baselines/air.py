@@ -1,55 +1,15 @@
 """Attend-Infer-Repeat (Eslami et al. 2016; "Esl16" in Table 1): a sequential generative model, recon only.
 
-Following the public reimplementation the MIST authors used (aakhundov/tf-attend-infer-repeat, appendix C):
-  inference   a CNN encodes the image once; an LSTM runs `max_steps` steps on [image features, previous
-              z_where, z_what, z_pres]; step t emits
-                z_pres_t  Bernoulli(q_t), relaxed: a binary Concrete sample at `pres_temperature` during
-                          training (no NVIL/REINFORCE: the reimplementation's choice), q_t > 0.5 at test.
-                          Rounding at test makes the test canvas differ from the fractional training
-                          one; at the reimplementation's temperature 1.0 we measured test MSE 0.108 vs
-                          training 0.062 after 150 quick steps, at 0.3 (our default) 0.067 vs 0.064.
-                          straight_through=True (option) rounds in the forward pass too (a Bernoulli(q_t)
-                          draw) with the relaxed gradient backward; it collapsed the count to 0 in our runs
-                z_where_t Gaussian (scale, shift_x, shift_y): square patches, one scale, no aspect.
-                          side = size_min + (size_max - size_min) * sigmoid(scale), centre = (W, H) / 2 *
-                          (1 + tanh(shift)). A departure: the reimplementation's side is a fraction of the
-                          whole canvas; unbounded, our windows grew to the full image within 150 quick steps
-                          and z_pres then collapsed to 0. The range (0.5 x MIST's smallest size to 1.5 x its
-                          largest) is comparable knowledge to MIST's own `sizes`.
-                z_what_t  Gaussian, from MIST's patch encoder on the glimpse S(I, z_where_t)
-              presence p_t = prod_{s<=t} z_pres_s: once a step is off, every later step is off
-  generation  z_what -> MIST's patch decoder (the same PatchAutoEncoder layout and sizes as MIST's T_tau,
-              with a linear map from z_what to its latent and a negative output bias) -> p x p glimpse,
-              pasted by S^-1 (paste_patches) at z_where and summed, weighted by p_t; canvas clipped to [0, 1]
-  ELBO        likelihood: Bernoulli (default, as the reimplementation) or Gaussian with fixed std
-              KL(z_pres_t): analytic Bernoulli KL to a geometric prior (prob `pres_prior` per step),
-                           annealed as the reimplementation does: the prior's log-odds move linearly from
-                           logit(pres_prior_start) (presence favoured, so the young decoder is not switched
-                           off: count collapse) to logit(pres_prior) over `pres_anneal_steps` steps,
-                           weighted by p_{t-1}  (the reimplementation uses a Monte-Carlo Concrete KL)
-              KL(z_where_t) + KL(z_what_t): analytic Gaussian KL, weighted by p_t
-  one Adam optimiser, gradient clipping by global norm.
-Departures: single linear heads on the LSTM output (the reimplementation has 64-unit MLP heads); the decoder
-and glimpse encoder are MIST's task-network layers (so all methods share one patch architecture).
-Boxes = the steps' windows; scores = cumulative z_pres probability prod_{s<=t} q_s.
-Options added for issue #5 (both off by default: neither beat the trivial mean-image RMSE 0.240 yet):
-  residual=True       DAIR-like (AIR paper, sec. 3.3): step t's CNN features and glimpse come from
-                      image - canvas_{t-1}; the decoder runs inside the loop. ~3x slower per step on 1 thread.
-  what_kl_warmup=N    beta warm-up of KL(z_what): weight min(1, step / N), against posterior collapse.
-Measured (MNIST hard, quick, seed 0, 1 thread, 150 s; trivial RMSE 0.240), with the window range then derived
-from MIST's two-scale quick sizes (16, 24): prior side 24 px, range 8-36 px:
-  `mist-bench train --method air --dataset mnist_hard --scale quick -t threads=1 -t max_seconds=150
-   -t eval_every=100 [-m residual=true | -m what_kl_warmup=500]`
-  default           test RMSE 0.277, det_rate 0.024 (580 steps)
-  residual=true     test RMSE 0.269, det_rate 0.000 (194 steps); 300 s: 0.267, det_rate 0.011 (376 steps)
-  what_kl_warmup=500 test RMSE 0.278, det_rate 0.000 (488 steps)
-With MIST's quick sizes now (20,) (prior side 20 px, range 10-30 px), the default: test RMSE 0.261, det_rate 0.083
-(372 steps; two runs shared the machine); residual=true pres_anneal_steps=150 decoder_bias=-2: 0.266, 0.059 (154 steps).
-The quick preset's lr is now 3e-3 (it was MIST's lr_task, 1e-3); trivial (mean image) RMSE is 0.2396:
-  150 s  seed 0: test RMSE 0.240, det_rate 0.216 (509 steps); seed 1: 0.250, 0.158 (489 steps);
-         with pres_anneal_steps=400: 0.242; with decoder_bias=-2: 0.244
-  300 s  seed 0: test RMSE 0.229, det_rate 0.311 (1,001 steps): below the mean image. The quick benchmark's trials
-         therefore train 300 s (sweeps/configs/quick.yaml).
+As the reimplementation the MIST authors used (aakhundov/tf-attend-infer-repeat, appendix C): a CNN encodes the
+image once; an LSTM runs `max_steps` steps, each emitting z_pres (binary Concrete at `pres_temperature` in
+training, q > 0.5 at test; no REINFORCE), z_where (scale, shift) and z_what (from the glimpse); presence is the
+running product of z_pres; glimpses are decoded and pasted at z_where. Loss: negative ELBO with analytic KLs, the
+z_pres prior annealed from `pres_prior_start` to `pres_prior` (else the young decoder is switched off: the count
+collapses to 0). Boxes = the steps' windows; scores = prod_{s<=t} q_s.
+Departures, each for a reason: temperature 0.3, not 1.0 (the rounded test canvas then matches the training one);
+window side bounded to [size_min, size_max] around MIST's `sizes` (unbounded, windows grew to the whole image and
+z_pres collapsed); the glimpse encoder and decoder are MIST's task-network layers (one patch architecture for all
+methods); single linear heads on the LSTM, not 64-unit MLPs.
 """
 from __future__ import annotations
 
@@ -96,7 +56,6 @@ class AIRConfig(StrictConfig):
     pres_prior_start: float = Field(0.9999, gt=0, lt=1)  # ... at step 0, annealed to pres_prior
     pres_anneal_steps: int = Field(30_000, ge=0)
     pres_temperature: float = Field(0.3, gt=0)       # binary Concrete temperature (reimplementation: 1.0)
-    straight_through: bool = False                   # hard 0/1 z_pres forward, Concrete gradient backward
     size_prior: float = Field(20.0, gt=0)            # prior mean window side, pixels
     size_min: float = Field(8.0, gt=0)               # window side range, pixels
     size_max: float = Field(36.0, gt=0)
@@ -104,8 +63,6 @@ class AIRConfig(StrictConfig):
     shift_prior_std: float = Field(1.0, gt=0)        # pre-tanh units
     decoder_bias: float = -4.0                       # initial decoder output bias (pre-sigmoid)
     grad_clip: float = Field(100.0, gt=0)
-    residual: bool = False                           # DAIR-like: each step sees image - canvas so far (CNN + glimpse)
-    what_kl_warmup: int = Field(0, ge=0)             # steps over which the z_what KL weight rises 0 -> 1
 
 
 def bernoulli_kl(q: Tensor, p: float) -> Tensor:
@@ -187,11 +144,6 @@ class AIR(Method):
         lo = logit(c.pres_prior_start) + t * (logit(c.pres_prior) - logit(c.pres_prior_start))
         return 1 / (1 + math.exp(-lo))
 
-    def what_kl_weight(self) -> float:
-        """KL warm-up: the weight of KL(z_what) rises linearly from 0 to 1 over `what_kl_warmup` steps."""
-        w = self.cfg.what_kl_warmup
-        return min(1.0, self.steps / w) if w else 1.0
-
     def extra_state(self) -> dict:
         return {"steps": self.steps}
 
@@ -208,11 +160,7 @@ class AIR(Method):
         return torch.stack([cx, cy, side], -1)
 
     def infer(self, images: Tensor, sample: bool) -> dict[str, Tensor]:
-        """Run the recurrent inference and the decoder. Per-step tensors are stacked over T on dim 1.
-
-        With `residual`, step t's CNN features and glimpse come from images - canvas_{t-1}, the part of the image
-        the earlier steps have not yet explained (the decoder then runs inside the loop).
-        """
+        """Run the recurrent inference and the decoder. Per-step tensors are stacked over T on dim 1."""
         c, net = self.cfg, self.net
         B = images.shape[0]
         H, W = images.shape[2], images.shape[3]
@@ -220,30 +168,23 @@ class AIR(Method):
         h = feat.new_zeros(B, c.hidden)
         state = (h, h)
         where, what, pres = feat.new_zeros(B, 3), feat.new_zeros(B, c.z_what), feat.new_ones(B, 1)
-        canvas = torch.zeros_like(images)
-        keys = ("q", "pres", "prev", "kp", "z_what", "kl_where", "kl_what") + (("glimpses",) if c.residual else ())
-        out: dict[str, list[Tensor]] = {k: [] for k in keys}
+        out: dict[str, list[Tensor]] = {k: [] for k in ("q", "pres", "prev", "kp", "z_what", "kl_where", "kl_what")}
         mu0 = torch.tensor([net.scale_mu0, 0.0, 0.0], device=images.device)
         std0 = torch.tensor([c.scale_prior_std, c.shift_prior_std, c.shift_prior_std], device=images.device)
-        for t in range(c.max_steps):                                                  # the recurrence: inherent
-            seen = images - canvas if c.residual else images                          # (B, C, H, W)
-            if c.residual and t > 0:
-                feat = net.cnn(seen)
+        for _ in range(c.max_steps):                                                  # the recurrence: inherent
             state = net.lstm(torch.cat([feat, where, what, pres], 1), state)
             pw = net.pres_where(state[0])                                             # (B, 7)
             q = torch.sigmoid(pw[:, 0])                                               # (B,)
             w_mu, w_std = pw[:, 1:4], F.softplus(pw[:, 4:7]) + 1e-4                  # (B, 3) each
             where = w_mu + w_std * torch.randn_like(w_std) if sample else w_mu
             kp = self.where_to_kp(where)                                              # (B, 3)
-            glimpse = sample_patches(seen, kp[:, None], c.patch_res)[:, 0]            # (B, C, p, p)
+            glimpse = sample_patches(images, kp[:, None], c.patch_res)[:, 0]          # (B, C, p, p)
             e = net.what_enc(net.ae.encoder(glimpse).flatten(1))                      # (B, 2 z_what)
             m_mu, m_std = e[:, : c.z_what], F.softplus(e[:, c.z_what:]) + 1e-4
             what = m_mu + m_std * torch.randn_like(m_std) if sample else m_mu
             if sample:                                                                # binary Concrete sample
                 u = torch.rand_like(q).clamp(1e-6, 1 - 1e-6)
                 z = torch.sigmoid((pw[:, 0] + u.log() - (-u).log1p()) / c.pres_temperature)
-                if c.straight_through:                                                # forward: Bernoulli(q) exactly
-                    z = (z > 0.5).to(z.dtype) + z - z.detach()
             else:
                 z = (q > 0.5).to(q.dtype)
             out["prev"].append(pres[:, 0])
@@ -251,16 +192,10 @@ class AIR(Method):
             out["q"].append(q), out["pres"].append(pres[:, 0]), out["kp"].append(kp), out["z_what"].append(what)
             out["kl_where"].append(gaussian_kl(w_mu, w_std, mu0, std0))
             out["kl_what"].append(gaussian_kl(m_mu, m_std, 0.0, 1.0))
-            if c.residual:
-                g = net.decode(what)                                                  # (B, C, p, p)
-                out["glimpses"].append(g)
-                canvas = canvas + paste_patches((g * pres[:, :, None, None])[:, None], kp[:, None], H, W)
         res = {k: torch.stack(v, 1) for k, v in out.items()}                          # (B, T, ...) each
-        if not c.residual:
-            T = c.max_steps
-            res["glimpses"] = net.decode(res["z_what"].flatten(0, 1)).reshape(B, T, *images.shape[1:2],
-                                                                           c.patch_res, c.patch_res)
-            canvas = paste_patches(res["glimpses"] * res["pres"][..., None, None, None], res["kp"], H, W)
+        res["glimpses"] = net.decode(res["z_what"].flatten(0, 1)).reshape(B, c.max_steps, *images.shape[1:2],
+                                                                       c.patch_res, c.patch_res)
+        canvas = paste_patches(res["glimpses"] * res["pres"][..., None, None, None], res["kp"], H, W)
         res["recon"] = canvas.clamp(0, 1)                                             # (B, C, H, W)
         return res
 
@@ -273,7 +208,7 @@ class AIR(Method):
         else:
             nll = ((r["recon"] - images) ** 2).flatten(1).sum(1) / (2 * c.obs_std**2)
         kl_pres = (r["prev"] * bernoulli_kl(r["q"], self.current_pres_prior())).sum(1)                           # (B,)
-        kl_z = (r["pres"] * (r["kl_where"] + self.what_kl_weight() * r["kl_what"])).sum(1)         # (B,)
+        kl_z = (r["pres"] * (r["kl_where"] + r["kl_what"])).sum(1)                                               # (B,)
         return nll + kl_pres + kl_z, {"nll": nll, "kl_pres": kl_pres, "kl_z": kl_z}
 
     def train_step(self, batch: Batch) -> dict[str, float]:

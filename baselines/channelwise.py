@@ -78,6 +78,7 @@ class ChannelHeatmap(nn.Module):
 class Channelwise(Method):
     name = "channelwise"
     Config = ChannelwiseConfig
+    tasks = ("recon", "classify")
 
     @classmethod
     def default_config(cls, scale: str) -> ChannelwiseConfig:

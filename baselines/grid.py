@@ -66,6 +66,7 @@ def rank_mask(scores: Tensor, counts: Tensor) -> Tensor:
 class Grid(Method):
     name = "grid"
     Config = GridConfig
+    tasks = ("recon", "classify")
 
     @classmethod
     def default_config(cls, scale: str) -> GridConfig:

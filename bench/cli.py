@@ -17,15 +17,14 @@ import argparse
 import importlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
 from bench import ITEMS, SCHEMA_VERSION
 from bench.settings import Settings
+from sweeps.results import write_atomic
 
 __all__ = ["main", "parse_args", "settings_from_args", "write_json_atomic"]
 
@@ -115,19 +114,8 @@ def _finite(x):
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path` (creating the directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_finite(data), f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`data` as JSON (non-finite floats as null), written atomically (sweeps.results.write_atomic)."""
+    write_atomic(path, (json.dumps(_finite(data), indent=1, allow_nan=False) + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,23 @@
 """The one interface every method offers (MIST, the baselines, and anything a user adds).
 
-A method is built from its typed config, a DataSpec and a task, and offers:
-  train_step(batch) -> {name: float}     one optimisation step (MIST's three lifted stages happen inside)
-  predict(images)   -> Prediction        fixed fields with documented shapes (mist_core.types.Prediction)
-  default_config(scale), search_space()  presets per scale and the sweeper's search space
-  state_dict() / load_state_dict()       networks and optimisers, as plain tensors (weights_only-safe)
+A method is one `Method` subclass in one file: in baselines/ (then one line in mist_core/registry.py's BUILTIN,
+whose key must equal the class's `name`), or in the user's own package, named by its import path 'module:Class'
+wherever a method name is taken (no edit here). The class sets, checked when it is created (a TypeError that
+names the class and the field):
+  name     str: the method's name in results and figures; the registry key when registered
+  Config   a mist_core.config.StrictConfig subclass: every hyper-parameter, typed, unknown keys refused
+  tasks    non-empty tuple of 'recon' / 'classify': the tasks it supports (no default)
+and implements:
+  default_config(scale)                  its Config at each scale ('smoke', 'quick', 'paper')
+  train_step(batch) -> {name: float}     one optimisation step. The FIRST key is the primary objective: the loss
+                                         that must fall over repeated steps on one fixed batch (a method without
+                                         parameters: must not rise); the contract tests check it
+  predict(images, counts) -> Prediction  fixed fields with documented shapes (mist_core.types.Prediction):
+                                         `recon` for the recon task, `class_probs` for classify
+optionally search_space() (the sweeper's domains), fit_setup(images), extra_state() / load_extra_state().
+state_dict() / load_state_dict() carry networks and optimisers as plain tensors (weights_only-safe).
 The training loop, metrics, sweeps and tables never branch on which method this is.
+tests/test_contract.py runs every registered method, and any `--method module:Class` (or MIST_BENCH_METHODS).
 """
 from __future__ import annotations
 
@@ -19,9 +31,10 @@ from torch import Tensor, nn
 from mist_core.config import StrictConfig, parse_config
 from mist_core.types import Batch, DataSpec, Prediction, Task
 
-__all__ = ["Method", "LogUniform", "Uniform", "IntRange", "Choice", "SearchSpace", "SCALES"]
+__all__ = ["Method", "LogUniform", "Uniform", "IntRange", "Choice", "SearchSpace", "SCALES", "TASKS"]
 
 SCALES = ("smoke", "quick", "paper")
+TASKS: tuple[Task, ...] = ("recon", "classify")
 
 
 # --- search-space description, independent of any sweeper -----------------------------------------
@@ -52,11 +65,45 @@ SearchSpace = dict[str, LogUniform | Uniform | IntRange | Choice]
 
 
 class Method(abc.ABC):
-    """Base class. Subclasses set `name`, `Config`, `tasks`, and implement the abstract methods."""
+    """Base class of every method; see the module docstring for the whole contract.
+
+    A concrete subclass sets `name` (str, on the class itself; the registry key when registered), `Config` (a
+    StrictConfig subclass) and `tasks` (a non-empty tuple of 'recon' / 'classify'; no default); `Config` and
+    `tasks` may come from a parent method (e.g. a variant of MIST). A class with abstract methods left is not
+    checked. The first loss `train_step` returns is the primary objective (it must fall on a fixed batch).
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[StrictConfig]]
-    tasks: ClassVar[tuple[Task, ...]] = ("recon", "classify")
+    tasks: ClassVar[tuple[Task, ...]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # ABCMeta sets __abstractmethods__ only after this hook: work it out the way it does
+        abstract = {n for b in cls.__bases__ for n in getattr(b, "__abstractmethods__", ())}
+        abstract |= {n for n, v in vars(cls).items() if getattr(v, "__isabstractmethod__", False)}
+        if any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in abstract):
+            return
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        problems = []
+        name = vars(cls).get("name")
+        if name is None:
+            problems.append("`name` is missing: set name = '<registry key>' on the class itself")
+        elif not (isinstance(name, str) and name):
+            problems.append(f"`name` must be a non-empty str, got {name!r}")
+        cfg = getattr(cls, "Config", None)
+        if cfg is None:
+            problems.append("`Config` is missing: set Config = <a mist_core.config.StrictConfig subclass>")
+        elif not (isinstance(cfg, type) and issubclass(cfg, StrictConfig)):
+            problems.append(f"`Config` must be a mist_core.config.StrictConfig subclass, got {cfg!r}")
+        tasks = getattr(cls, "tasks", None)
+        if tasks is None:
+            problems.append(f"`tasks` is missing (there is no default): set tasks = a non-empty tuple of {TASKS}")
+        elif not (isinstance(tasks, tuple) and tasks and all(t in TASKS for t in tasks)
+                  and len(set(tasks)) == len(tasks)):
+            problems.append(f"`tasks` must be a non-empty tuple of distinct tasks from {TASKS}, got {tasks!r}")
+        if problems:
+            raise TypeError(f"method class {where}: " + "; ".join(problems))
 
     def __init__(self, cfg: StrictConfig | dict, spec: DataSpec, task: Task, device: str | torch.device = "cpu"):
         if task not in self.tasks:

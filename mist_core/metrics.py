@@ -30,8 +30,7 @@ reports the same match against the tight boxes.
 
 Matching (`match_greedy`): all (pred, gt) pairs with IoU >= thr are sorted by IoU descending, ties broken by the
 pred's rank in `pred_order` (default: index), then by gt index; walking that list, a pair is accepted when neither
-its pred nor its gt is taken yet. This is greedy, not the optimal (Hungarian) assignment; `match_hungarian` is
-that alternative (maximum total IoU), offered for comparison but not used by the evaluator.
+its pred nor its gt is taken yet. This is greedy, not the optimal (Hungarian) assignment.
 
 Average precision (`average_precision`): every detection of the dataset is ranked by score (descending, stable:
 ties keep image-major, then detection-index order). Walking down, a detection is a true positive if its image
@@ -46,12 +45,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from mist_core.data.container import MultiInstanceData
 from mist_core.types import Prediction
 
-__all__ = ["square_boxes", "rmse", "rmse_per_image", "box_iou", "match_greedy", "match_hungarian", "detection_scores",
+__all__ = ["square_boxes", "rmse", "rmse_per_image", "box_iou", "match_greedy", "detection_scores",
            "average_precision", "ap_table", "ap_key", "evaluate_predictions", "AP_THRESHOLDS"]
 
 AP_THRESHOLDS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -125,15 +123,6 @@ def match_greedy(pred_boxes: Any, gt_boxes: Any, iou_thr: float = 0.5,
             out_p.append(p[i]), out_g.append(g[i])
     pi, gi = np.asarray(out_p, np.int64), np.asarray(out_g, np.int64)
     return pi, gi, iou[pi, gi]
-
-
-def match_hungarian(pred_boxes: Any, gt_boxes: Any, iou_thr: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Optimal alternative to `match_greedy`: the assignment maximising the total IoU over pairs with IoU >= thr."""
-    iou = box_iou(pred_boxes, gt_boxes)
-    ok = iou >= iou_thr
-    p, g = linear_sum_assignment(np.where(ok, iou + 1.0, 0.0), maximize=True)  # +1: a valid pair always beats none
-    keep = ok[p, g]
-    return p[keep].astype(np.int64), g[keep].astype(np.int64), iou[p[keep], g[keep]]
 
 
 def _gt_valid(gt_labels: np.ndarray, gt_counts: np.ndarray) -> np.ndarray:

@@ -73,6 +73,7 @@ PRESETS: dict[str, dict] = {
 class MIST(Method):
     name = "mist"
     Config = MISTConfig
+    tasks = ("recon", "classify")
 
     @classmethod
     def default_config(cls, scale: str) -> MISTConfig:

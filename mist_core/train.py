@@ -101,7 +101,7 @@ def predict_split(method: Method, data: MultiInstanceData, n: int | None, batch_
     with torch.no_grad():
         for i in range(0, n, batch_size):
             b = data.batch(slice(i, min(i + batch_size, n))).to(method.device)
-            parts.append(method.predict(b.images, b.counts).check(len(b), data.spec).detach_cpu())
+            parts.append(method.predict(b.images, b.counts).check(len(b), data.spec, method.task).detach_cpu())
     method.train()
     return _concat(parts)
 

@@ -51,9 +51,12 @@ class Prediction:
     patches: Tensor | None = None      # (B, K, C, p, p) per-patch task-network outputs, for figures
     extras: dict[str, Tensor] = field(default_factory=dict)
 
-    def check(self, batch_size: int, spec: DataSpec) -> "Prediction":
-        """Raise AssertionError if any field breaks the documented shapes."""
+    def check(self, batch_size: int, spec: DataSpec, task: Task | None = None) -> "Prediction":
+        """Raise AssertionError if any field breaks the documented shapes, or (given the `task`) if the field the
+        task is scored on is missing: `recon` for recon, `class_probs` for classify."""
         B = batch_size
+        needs = {"recon": "recon", "classify": "class_probs", None: None}[task]
+        assert needs is None or getattr(self, needs) is not None, f"task {task!r} is scored on `{needs}`: it is None"
         assert self.boxes.ndim == 3 and self.boxes.shape[0] == B and self.boxes.shape[2] == 4, self.boxes.shape
         K = self.boxes.shape[1]
         assert self.scores.shape == (B, K), (self.scores.shape, (B, K))

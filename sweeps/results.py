@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -52,14 +53,22 @@ def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write to a temporary name then rename: a reader sees the old file or the new one, never half of one."""
-    fs, p = _fs(path)
-    fs.create_dir(os.path.dirname(p), recursive=True)
-    tmp = f"{p}.tmp-{os.getpid()}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, p)
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a hidden temporary file beside `path` (a local path or a URI such as s3://...), then rename it
+    over `path`: a reader sees the old file or the new one, never half of one. Creates the directory; on failure
+    the temporary file is removed. The one atomic write of the project (bench.cli.write_json_atomic uses it)."""
+    fs, p = _fs(str(path))
+    parent, base = os.path.split(p)
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.{base}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, p)
+    except BaseException:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+        raise
 
 
 def read_bytes(path: str) -> bytes | None:

@@ -31,13 +31,8 @@ import sys
 from mist_core.config import ConfigError
 from sweeps.config import SweepConfig, load_sweep, plan
 from sweeps.driver import Sweep
-# Not used here: FAULT_ENV (the test hook) and trainable are public here; Tune pickles an experiment's callbacks and
-# trial-name function with it, and the experiments saved by earlier versions of this module (one file then) name
-# them sweeps.run.SweepProgress and sweeps.run.trial_name: a --resume of those still finds them.
-from sweeps.progress import SweepProgress  # noqa: F401
-from sweeps.trial import FAULT_ENV, trainable, trial_name  # noqa: F401
 
-__all__ = ["main", "trainable", "run_sweep"]
+__all__ = ["main", "run_sweep"]
 
 
 def run_sweep(config: str | SweepConfig, **options) -> int:

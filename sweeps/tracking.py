@@ -32,7 +32,6 @@ TAG_ATTEMPTS = "mist.attempts"  # how many times the trial started (1 unless it 
 PARENT_TAG = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"                  # the description shown in the UI
 EXPERIMENT_KIND = "mlflow.experimentKind"     # MLflow 3's UI: "custom_model_development" = the classic runs view
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 # --- the store ------------------------------------------------------------------------------------------

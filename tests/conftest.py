@@ -1,9 +1,16 @@
-"""Test-wide settings: a private dataset cache (never the user's ~/.cache), few threads."""
+"""Test-wide settings: a private dataset cache (never the user's ~/.cache), few threads, and the option
+`--method module:Class` (repeatable) that adds a user's method to the contract tests (tests/test_contract.py)."""
 from __future__ import annotations
 
 import os
 
 import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--method", action="append", default=[], metavar="MODULE:CLASS",
+                     help="also run the method contract tests on this Method subclass (repeatable; "
+                          "or MIST_BENCH_METHODS=mod:A,mod:B)")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -178,3 +178,13 @@ def test_cost_includes_sweeps_that_are_no_paper_table() -> None:
     cost = tables.cost_table(rows)
     assert len(cost) > 0 and (cost["table"] == "-").all()
     assert cost["trials"].sum() == rows["trial"].nunique()
+
+
+def test_method_colours_are_stable() -> None:
+    """Named methods take tab10 in METHOD_LABELS order; any other name one of the two colours left (C8, C9) by its
+    crc32, the same in every process: crc32(b"mymethod") = 3097977912 (even: C8), crc32(b"oracle_task") =
+    2453491795 (odd: C9)."""
+    from analysis.figures import method_color
+
+    assert [method_color(m) for m in paper.METHOD_LABELS] == [f"C{i}" for i in range(8)]
+    assert method_color("mymethod") == "C8" and method_color("oracle_task") == "C9"

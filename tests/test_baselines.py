@@ -217,28 +217,6 @@ def test_air_pres_prior_anneals_and_is_checkpointed():
     assert m.state_dict()["extra"] == {"steps": 10}
 
 
-def test_air_straight_through_presence_is_binary_in_training():
-    torch.manual_seed(0)
-    m = AIR(AIR.make_config("smoke", {"straight_through": True, "max_steps": 3}), SPEC, "recon")
-    r = m.infer(torch.rand(4, 1, 40, 40), sample=True)
-    pres = r["pres"].detach()
-    assert torch.allclose(pres, pres.round(), atol=1e-6) and r["pres"].requires_grad
-    assert math.isfinite(m.train_step(_batch())["loss"])
-
-
-def test_air_residual_inference_and_what_kl_warmup():
-    torch.manual_seed(0)
-    m = AIR(AIR.make_config("smoke", {"residual": True, "max_steps": 3, "what_kl_warmup": 4}), SPEC, "recon")
-    r = m.infer(torch.rand(4, 1, 40, 40), sample=True)
-    assert r["glimpses"].shape == (4, 3, 1, m.cfg.patch_res, m.cfg.patch_res) and r["recon"].shape == (4, 1, 40, 40)
-    assert m.what_kl_weight() == 0.0
-    m.steps = 2
-    assert m.what_kl_weight() == pytest.approx(0.5)
-    assert math.isfinite(m.train_step(_batch())["loss"])
-    pred = m.eval().predict(torch.rand(2, 1, 40, 40)).check(2, SPEC)
-    assert pred.patches.shape == (2, 3, 1, m.cfg.patch_res, m.cfg.patch_res)
-
-
 # --- the non-learned k-means floor ------------------------------------------------------------------------------
 def test_kmeans_floor_finds_separated_blobs_by_hand():
     """Two 4x4 squares (centres (6, 8) and (26, 24) px) and a dim pixel below the ink threshold: each cluster

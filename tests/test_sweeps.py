@@ -205,7 +205,8 @@ def local_ray():
 def resumed_sweep(local_ray, tmp_path_factory):
     """trivial + mist: 2 Optuna trials for mist (ASHA), then both methods on seeds 0 and 1. mist seed 1 fails on
     purpose after step 3 (max_failures 0: the sweep stops, exit 1); --resume finishes it."""
-    from sweeps.run import FAULT_ENV, main
+    from sweeps.run import main
+    from sweeps.trial import FAULT_ENV
 
     tmp = tmp_path_factory.mktemp("sweep")
     cfg = _with(name="smoke-test", max_failures=0)
