@@ -100,6 +100,7 @@ def test_oracle_ladder_at_smoke_scale(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["rung"] for r in rows] == ["task_on_gt", "heatmap_on_gt", "mist"]
     assert rows[0]["final"]["det_rate"] == 1.0 and 0 <= rows[2]["final"]["det_rate"] <= 1
+    assert 0 <= rows[2]["final"]["det_after_x"] <= 1 and "det_after_x" not in rows[0]["final"]
     assert all(r["final"]["step"] == 2 and len(r["history"]) == 2 for r in rows)
     capsys.readouterr()
     assert ladder.main(["table", str(out)]) == 0
