@@ -144,7 +144,7 @@ def detection_after_x_step(m: MIST, data, n: int) -> float:
 
 def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threads: int | None,
              dataset: str = "mnist_hard", scale: str = "quick", dataset_params: dict | None = None,
-             method_params: dict | None = None) -> dict[str, Any]:
+             method_params: dict | None = None, save_dir: str | None = None) -> dict[str, Any]:
     method, mparams, tparams = RUNGS[rung]
     mparams = {**mparams, **(method_params or {})}
     cfg = RunConfig(method=method, dataset=dataset, task=task, scale=scale, seed=seed, method_params=mparams,
@@ -156,6 +156,9 @@ def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threa
     res = trainer.run(progress=True)
     test = trainer.splits.test.subset(res.example.boxes.shape[0]).batch(slice(None))
     final = {**res.metrics, **placement(res.example, test.boxes, test.counts)}
+    if save_dir:  # the trained state, for diagnostics after the fact (torch.load(..., weights_only=True))
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        torch.save(trainer.state_dict(), Path(save_dir) / f"{task}-{rung}-s{seed}.pt")
     if isinstance(trainer.method, MIST) and not isinstance(trainer.method, (OracleTask, OracleHeatmap)):
         final["det_after_x"] = detection_after_x_step(trainer.method, trainer.splits.test, len(test))
     return {"rung": rung, "overrides": method_params or {}, "task": task, "seed": seed,
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
     r.add_argument("--method-param", "-m", action="append", default=[], metavar="KEY=VALUE",
                    help="a method override on top of every rung's (e.g. -m heat_width=16)")
+    r.add_argument("--save-dir", help="save each rung's final trainer state here (not in git: runs/ is ignored)")
     r.add_argument("--out", required=True)
     t = sub.add_parser("table", help="Markdown table of ladder JSON files")
     t.add_argument("files", nargs="+")
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in a.seeds:
         for rung in rungs:
             doc["rows"].append(run_rung(rung, a.task, seed, a.steps, a.eval_every, a.threads, a.dataset, a.scale,
-                                        method_params=parse_overrides(a.method_param)))
+                                        method_params=parse_overrides(a.method_param), save_dir=a.save_dir))
             write_json_atomic(a.out, doc)  # after every rung: an interrupted ladder keeps what it measured
     print(_table(doc["rows"]))
     return 0
