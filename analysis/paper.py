@@ -17,7 +17,7 @@ __all__ = ["Row", "Column", "TableSpec", "TABLES", "METHOD_LABELS", "DATASET_LAB
 
 METHOD_LABELS: dict[str, str] = {"mist": "MIST", "grid": "Grid", "channelwise": "Ch.-wise", "air": "Esl16",
                                  "zhang": "Zha18", "supervised": "Supervised", "trivial": "Trivial",
-                                 "kmeans": "k-means floor"}
+                                 "kmeans": "k-means floor", "ptopk": "Perturbed top-K"}
 # Not competitors: lines every learned method is read against (the mean image; k-means of ink, no learning).
 REFERENCE_METHODS: tuple[str, ...] = ("trivial", "kmeans")
 DATASET_LABELS: dict[str, str] = {"mnist_easy": "MNIST easy", "mnist_hard": "MNIST hard", "gabor": "Gabor",

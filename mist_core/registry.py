@@ -19,6 +19,7 @@ BUILTIN: dict[str, str] = {
     "air": "baselines.air:AIR",
     "zhang": "baselines.zhang:Zhang",
     "supervised": "baselines.supervised:Supervised",
+    "ptopk": "baselines.ptopk:PerturbedTopK",
 }
 
 
