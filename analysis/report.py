@@ -4,8 +4,10 @@ PNG figures), plus tables.md, tables.tex, cells.csv, comparisons.csv, cost.csv b
     python -m analysis.report SWEEP_DIR_OR_PARQUET [--out DIR] [--mlflow-experiment NAME --tracking-uri URI]
 
 SWEEP_DIR holds results.parquet and, optionally, trials/<trial>/predictions.npz, heatmaps_over_time.npz and
-*.png; figures whose inputs are missing are skipped with a note. --out defaults to SWEEP_DIR/report. With
---mlflow-experiment the output folder is also logged as artifacts of a new run in that experiment.
+*.png; figures whose inputs are missing are skipped with a note. Only files inside SWEEP_DIR are read: a `trial`
+value (or a symlink) that leads outside it is skipped with a note, so rows cannot pull other files into the HTML.
+--out defaults to SWEEP_DIR/report. With --mlflow-experiment the output folder is also logged as artifacts of a new
+run in that experiment.
 """
 from __future__ import annotations
 
@@ -72,6 +74,37 @@ def load_npz(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
+def _inside(path: Path, root: Path) -> Path | None:
+    """`path` resolved (symlinks and `..` followed), or None when that lies outside `root`."""
+    real = path.resolve()
+    return real if real.is_relative_to(root.resolve()) else None
+
+
+def _trial_files(sweep_dir: Path, trial: str, notes: list[str]) -> tuple[Path | None, list[Path]]:
+    """(the trial's folder, its first 4 PNGs), both inside the sweep folder; (None, []) and a note otherwise."""
+    tdir = _inside(sweep_dir / "trials" / trial, sweep_dir)  # an absolute `trial` replaces the whole path
+    if tdir is None:
+        notes.append(f"trial {trial!r}: its folder lies outside the sweep folder; nothing read from it")
+        return None, []
+    pngs = []
+    for p in sorted(tdir.glob("*.png"))[:4] if tdir.is_dir() else []:
+        if _inside(p, sweep_dir) is None:
+            notes.append(f"trial {trial!r}: {p.name} links outside the sweep folder; not embedded")
+        else:
+            pngs.append(p)
+    return tdir, pngs
+
+
+def _npz_inside(tdir: Path | None, name: str, sweep_dir: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
+    """load_npz of tdir/name when that file lies inside the sweep folder (a symlink may lead out)."""
+    if tdir is None:
+        return None
+    if _inside(tdir / name, sweep_dir) is None:
+        notes.append(f"{tdir.name}/{name} links outside the sweep folder; not read")
+        return None
+    return load_npz(tdir / name)
+
+
 def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}">'
 
@@ -94,19 +127,18 @@ def _figures(df: pd.DataFrame, sweep_dir: Path | None, notes: list[str]) -> str:
         preds: dict[str, dict[str, np.ndarray]] = {}
         section = []
         for r in g.itertuples(index=False):
-            tdir = None if sweep_dir is None else sweep_dir / "trials" / str(r.trial)
-            npz = None if tdir is None else load_npz(tdir / "predictions.npz")
+            tdir, pngs = (None, []) if sweep_dir is None else _trial_files(sweep_dir, str(r.trial), notes)
+            npz = None if sweep_dir is None else _npz_inside(tdir, "predictions.npz", sweep_dir, notes)
             if npz is None:
                 notes.append(f"{head}, {method_label(r.method)}: no predictions.npz for trial {r.trial}; figure skipped")
             else:
                 preds[str(r.method)] = npz
                 section.append(_figure_html(figures.example_figure, f"{head}: {method_label(r.method)} examples",
                                             notes, title=f"{method_label(r.method)}, trial {r.trial}", **npz))
-            hm = None if tdir is None else load_npz(tdir / "heatmaps_over_time.npz")
+            hm = None if sweep_dir is None else _npz_inside(tdir, "heatmaps_over_time.npz", sweep_dir, notes)
             if hm is not None:
                 section.append(f"<h4>Heatmap during training, {html.escape(method_label(r.method))} (Figure 7c)</h4>"
                                + _figure_html(figures.heatmap_figure, f"{head}: heatmap over training", notes, **hm))
-            pngs = sorted(tdir.glob("*.png"))[:4] if tdir is not None and tdir.is_dir() else []
             section += [_img("data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii"),
                              f"{r.trial}/{p.name}") for p in pngs]
         if len(preds) > 1:

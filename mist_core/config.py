@@ -61,16 +61,50 @@ def _tuples(x: Any) -> Any:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-5` (no dot) as a string; this loader reads every exponent-notation scalar as a float."""
+    """YAML 1.1 reads `1e-5` (no dot) as a string; this loader reads every exponent-notation scalar as a float.
+
+    It also refuses a mapping that names a key twice (plain PyYAML keeps the last one silently)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._unique_checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # checked here, before merge keys (`<<: *base`) add their pairs: overriding a merged key is allowed
+        if id(node) not in self._unique_checked:
+            self._unique_checked.add(id(node))
+            _refuse_duplicate_keys(self, node)
+        super().flatten_mapping(node)
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        if key in first:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} on line {line} (first on line {first[key]})", None)
+        first[key] = line
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
                               list("-+0123456789."))
 
 
-def load_yaml(text: str) -> Any:
-    """yaml.safe_load, except that `1e-5` is the float 1e-05 (as a researcher means it), not the string '1e-5'."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+def load_yaml(text: str, name: str | None = None) -> Any:
+    """yaml.safe_load, except that `1e-5` is the float 1e-05 (as a researcher means it), not the string '1e-5', and a
+    key given twice in one mapping is a yaml.YAMLError naming the key and its lines. `name` (a file) goes into
+    PyYAML's error marks instead of "<unicode string>"."""
+    loader = _Loader(text)  # a SafeLoader subclass: no arbitrary Python objects
+    if name is not None:
+        loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -80,5 +114,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, val = it.partition("=")
         if not sep:
             raise ConfigError(f"{it!r}: expected KEY=VALUE")
-        out[key] = load_yaml(val)
+        try:
+            out[key] = load_yaml(val)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{it!r}: the value of {key} is not valid YAML: {e}") from None
     return out

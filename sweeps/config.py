@@ -125,9 +125,13 @@ def load_sweep(path: str | Path) -> SweepConfig:
     """Read a sweep YAML; `${VAR}` in a string value is replaced by the environment variable VAR (unset: error)."""
     p = find_config(path)
     try:
-        data = load_yaml(p.read_text())
-    except yaml.YAMLError as e:
+        data = load_yaml(p.read_text(), name=str(p))
+    except yaml.YAMLError as e:  # a syntax error, or a key given twice (named with its lines)
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the sweep config ({type(e).__name__}: {e})") from None
+    if data is None:  # an empty file (or only comments) would otherwise read as "every field missing"
+        raise ConfigError(f"{p}: empty config (a sweep config needs name, task, scale, datasets, methods, search)")
     return parse_config(SweepConfig, _expand(data, p.stem), where=p.stem)
 
 

@@ -19,7 +19,7 @@ from sweeps.config import Cell, Plan
 from sweeps.interrupts import Interrupted, raise_on_sigterm, tune_caught_sigint
 from sweeps.progress import SweepProgress, activate, say
 from sweeps.results import RESULTS_FILE, ResultsWriter
-from sweeps.store import SWEEP_FILE, SweepDir
+from sweeps.store import SweepDir
 from sweeps.trial import FAULT_ENV, trainable, trial_name
 
 __all__ = ["Sweep", "SEEDS_EXPERIMENT"]
@@ -39,7 +39,7 @@ class Sweep:
 
     def _resume_command(self) -> str:
         argv = [a for a in getattr(self.args, "argv", [self.args.config]) if a not in ("--resume", "--fresh")]
-        return "python -m sweeps.run " + " ".join(argv + ["--resume"])
+        return tracking.redact_uri("python -m sweeps.run " + " ".join(argv + ["--resume"]))
 
     def _note(self) -> str:
         c = self.cfg
@@ -49,7 +49,7 @@ class Sweep:
                 f"Protocol: per (dataset, method), {c.search.num_samples} Optuna trial(s) on seed {c.search.seed} "
                 f"(runs named `search-...`; skipped without a search space), then the best config on every seed "
                 f"(runs named `seeds-...`: the ones tables use). Metric {c.search.metric} ({c.search.mode}). "
-                f"Tidy rows: {self.dir}/{RESULTS_FILE}")
+                f"Tidy rows: {tracking.redact_uri(self.dir)}/{RESULTS_FILE}")
 
     # --- run ---------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -67,30 +67,54 @@ class Sweep:
             if started_ray:
                 ray.shutdown()
 
+    # --- what leaves this process (MLflow params and tags, Tune's config, the progress callback): no credential
+    def parent_tags(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Tags of the sweep's parent MLflow run."""
+        return tracking.redact_values({"table": self.cfg.table, "scale": self.cfg.scale, "task": self.cfg.task,
+                                       "code_version": state["code_version"], "storage": self.dir,
+                                       tracking.NOTE: self._note()})
+
+    def parent_params(self) -> dict[str, Any]:
+        """Params of the sweep's parent MLflow run: the config, flattened (tracking_uri and storage redacted)."""
+        return tracking.redact_values(_flat(self.cfg.canonical()))
+
+    def trial_ctx(self, state: dict[str, Any], uri: str, experiment_id: str, parent: str) -> dict[str, Any]:
+        """The `ctx` of every trial's Tune config (Tune writes it into params.json, result.json, its state).
+        Storage paths stay as given: the trials write there (Tune keeps the storage path in its state anyway)."""
+        return {"sweep": self.cfg.name, "sweep_uid": state["uid"], "table": self.cfg.table,
+                "tracking_uri": tracking.redact_uri(uri), "experiment_id": experiment_id, "parent_run_id": parent,
+                "code_version": state["code_version"], "fault": os.environ.get(FAULT_ENV),
+                "checkpoint_interval_s": self.cfg.checkpoint_interval_s, "trials_dir": self.store.join("trials")}
+
+    def progress_info(self, state: dict[str, Any], uri: str, experiment_id: str) -> dict[str, Any]:
+        """The progress callback's info (Tune pickles the callback with the experiment, in storage)."""
+        return {**self._info(), "t0": self.t0, "table": self.cfg.table, "metric": self.cfg.search.metric,
+                "results_path": self.store.join(RESULTS_FILE), "tracking_uri": tracking.redact_uri(uri),
+                "experiment_id": experiment_id, "sweep_uid": state["uid"]}
+
     def _run(self, state: dict[str, Any]) -> int:
         import ray
 
-        uri = state["tracking_uri"].replace("{head_ip}", ray.util.get_node_ip_address())
+        real = state["tracking_uri"].replace("{head_ip}", ray.util.get_node_ip_address())
+        # from here on only the redacted URI is passed around; MLflow clients swap the real one back in
+        with tracking.credential_env(real) as uri:
+            return self._run_tracked(state, uri)
+
+    def _run_tracked(self, state: dict[str, Any], uri: str) -> int:
+        import ray
+
         cluster.warn_if_unshared(uri, self.root)
         say(self._info(), f"{len(self.plan.cells)} cells, {self.plan.n_trials()} trials; Ray: "
                           f"{cluster.alive_nodes()} node(s), {ray.cluster_resources().get('CPU', 0):g} CPU, "
                           f"{ray.cluster_resources().get('GPU', 0):g} GPU; storage {self.dir}; MLflow {uri}")
         experiment_id = tracking.prepare(uri, self.cfg.name)
-        tracking.describe_experiment(uri, experiment_id, self._note())
+        tracking.describe_experiment(uri, experiment_id, tracking.redact_uri(self._note()))
         state["experiment_id"] = experiment_id
-        self.store.write_json(state, SWEEP_FILE)
+        self.store.write_state(state)
         parent = tracking.open_sweep_run(uri, experiment_id, state["uid"], self.cfg.name,
-                                         tags={"table": self.cfg.table, "scale": self.cfg.scale,
-                                               "task": self.cfg.task, "code_version": state["code_version"],
-                                               "storage": self.dir, tracking.NOTE: self._note()},
-                                         params=_flat(self.cfg.canonical()))
-        self.ctx = {"sweep": self.cfg.name, "sweep_uid": state["uid"], "table": self.cfg.table,
-                    "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
-                    "code_version": state["code_version"], "fault": os.environ.get(FAULT_ENV),
-                    "checkpoint_interval_s": self.cfg.checkpoint_interval_s, "trials_dir": self.store.join("trials")}
-        self.info = {**self._info(), "t0": self.t0, "table": self.cfg.table, "metric": self.cfg.search.metric,
-                     "results_path": self.store.join(RESULTS_FILE), "tracking_uri": uri,
-                     "experiment_id": experiment_id, "sweep_uid": state["uid"]}
+                                         tags=self.parent_tags(state), params=self.parent_params())
+        self.ctx = self.trial_ctx(state, uri, experiment_id, parent)
+        self.info = self.progress_info(state, uri, experiment_id)
         activate(self.info)
         status, code = "FAILED", 1
         try:

@@ -29,8 +29,9 @@ def activate(info: dict[str, Any]) -> None:
 
 
 def say(info: dict[str, Any], msg: str) -> None:
-    """Print `msg` prefixed with the sweep's name and the minutes:seconds since info["t0"]."""
+    """Print `msg` prefixed with the sweep's name and the minutes:seconds since info["t0"]; URIs redacted."""
     elapsed = time.time() - info.get("t0", time.time())
+    msg = tracking.redact_uri(msg)  # a backstop: callers pass redacted URIs, but messages may quote errors
     print(f"[{info['sweep']} {int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {msg}", flush=True)
 
 

@@ -31,6 +31,7 @@ import sys
 from mist_core.config import ConfigError
 from sweeps.config import SweepConfig, load_sweep, plan
 from sweeps.driver import Sweep
+from sweeps.tracking import redact_uri
 
 __all__ = ["main", "run_sweep"]
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None, _config: SweepConfig | None = None) -> i
             return 0
         return Sweep(p, args).run()
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_uri(str(e))}", file=sys.stderr)  # a message may quote --tracking-uri or storage
         return 2
 
 

@@ -9,19 +9,27 @@ artifacts = a figure (inputs / detections / reconstructions) and the final predi
 Ray's MLflowLoggerCallback is not used: after Tuner.restore it opened a second run for a resumed trial and left
 the first RUNNING. Here a trial's run is keyed by the tag mist.trial_key = <sweep uid>/<trial id>, which Tune keeps
 across restores, so a resumed trial continues its run (tag mist.attempts counts its starts).
+
+Credentials: a tracking URI such as http://user:secret@host:5000 is only ever printed, stored or logged as
+`redact_uri(uri)` (http://user:***@host:5000). The driver puts the real URI in its environment (URI_ENV), Tune
+copies it to every trial's environment (`credential_env`), and `_client` swaps it in for the redacted one, so Tune's
+params, result files and MLflow's params and tags see only the redacted form.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["absolute_uri", "sqlite_path", "prepare", "open_sweep_run", "close_sweep_run", "log_metrics", "TrialRun",
+__all__ = ["redact_uri", "redact_values", "credential_uri", "credential_env", "URI_ENV", "REDACTED", "TrackingError",
+           "absolute_uri", "sqlite_path", "prepare", "open_sweep_run", "close_sweep_run", "log_metrics", "TrialRun",
            "trial_key", "find_trial_run", "terminate_if_running", "make_figure", "save_predictions", "TAG_SWEEP",
            "TAG_TRIAL", "TAG_ROLE", "TAG_ATTEMPTS"]
 
@@ -32,6 +40,99 @@ TAG_ATTEMPTS = "mist.attempts"  # how many times the trial started (1 unless it 
 PARENT_TAG = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"                  # the description shown in the UI
 EXPERIMENT_KIND = "mlflow.experimentKind"     # MLflow 3's UI: "custom_model_development" = the classic runs view
+
+
+URI_ENV = "MLFLOW_TRACKING_URI"  # the real (credential-bearing) URI, in the driver's and the trials' environment
+REDACTED = "***"
+
+
+class TrackingError(RuntimeError):
+    """An MLflow call failed; the message is redacted (MLflow's own messages may quote the URI with its secret)."""
+
+
+# --- credentials ----------------------------------------------------------------------------------------
+# scheme://user:password@ (the password may hold "@": greedy up to the authority's last "@") or scheme://token@
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/?#@\s]*)(?::(?P<password>[^/?#\s]*))?@")
+_SECRET_PARAM = re.compile(r"(?P<key>[?&;][^=&#\s]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
+                           r"[^=&#\s]*=)[^&#\s]*", re.IGNORECASE)
+
+
+def _userinfo(m: re.Match) -> str:
+    if m["password"] is None:  # a lone userinfo (https://TOKEN@host) is usually a token
+        return f"{m['scheme']}{REDACTED}@" if m["user"] else m[0]
+    return f"{m['scheme']}{m['user']}:{REDACTED}@"
+
+
+def redact_uri(text: str) -> str:
+    """`http://user:secret@host:5000` -> `http://user:***@host:5000`; also `https://TOKEN@host` -> `https://***@host`
+    and secret-looking query values (`?password=...`, `token=`, `api_key=`). Works on any text holding URIs
+    (messages, command lines); text without credentials comes back unchanged."""
+    return _SECRET_PARAM.sub(lambda m: m["key"] + REDACTED, _USERINFO.sub(_userinfo, text))
+
+
+def redact_values(data: Any) -> Any:
+    """`data` (dicts, lists, tuples, strings) with every string passed through redact_uri: what is written or logged."""
+    if isinstance(data, str):
+        return redact_uri(data)
+    if isinstance(data, dict):
+        return {k: redact_values(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(redact_values(v) for v in data)
+    return data
+
+
+def credential_uri(uri: str) -> str:
+    """The real URI behind `uri` (redacted or not): URI_ENV when it redacts to `uri`, else `uri` itself.
+
+    Raises TrackingError when `uri` is redacted and this process's environment does not hold its credential."""
+    real = os.environ.get(URI_ENV)
+    if real and redact_uri(real) == uri:
+        return real
+    if redact_uri(uri) != uri or REDACTED not in uri:
+        return uri  # no credential in it (or a real one passed in directly)
+    raise TrackingError(f"MLflow URI {uri}: its credential is not in this process's environment ({URI_ENV}); "
+                        "the sweep driver sets it for its trials")
+
+
+@contextlib.contextmanager
+def credential_env(uri: str) -> Iterator[str]:
+    """While inside: URI_ENV = `uri` here and in every Tune trial started from here (when `uri` holds a credential).
+    Yields the redacted URI, the only form to pass on (Tune config, files, prints)."""
+    shown = redact_uri(uri)
+    if shown == uri:
+        yield uri
+        return
+    from ray.tune.execution import class_cache
+
+    # MLflow prints "View run ... at: <tracking URI>" for HTTP stores: with the credential in it, so not at all
+    env = {URI_ENV: uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    # Tune copies these variables of the driver's environment into each trial actor's (it ships AWS keys this way)
+    propagate = class_cache.ENV_VARS_TO_PROPAGATE
+    added = set(env) - propagate
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    propagate.update(env)
+    try:
+        yield shown
+    finally:
+        propagate.difference_update(added)
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _redacted_errors() -> Iterator[None]:
+    """Re-raise an MLflow error whose message quotes a credential as a TrackingError with the message redacted."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - only re-raised, redacted
+        msg = str(e)
+        if redact_uri(msg) != msg:
+            raise TrackingError(f"{type(e).__name__}: {redact_uri(msg)}") from None  # no cause: it holds the secret
+        raise
 
 
 # --- the store ------------------------------------------------------------------------------------------
@@ -50,16 +151,18 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def _client(uri: str):
+    """A client of the store `uri` names; a redacted `uri` is swapped for the real one from the environment."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=credential_uri(uri))
 
 
 def _retry(fn: Callable, *args, tries: int = 6, **kwargs):
-    """SQLite allows one writer: concurrent trials may see "database is locked" briefly."""
+    """SQLite allows one writer: concurrent trials may see "database is locked" briefly. Errors come out redacted."""
     for i in range(tries):
         try:
-            return fn(*args, **kwargs)
+            with _redacted_errors():
+                return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
             if i == tries - 1 or "locked" not in str(e).lower():
                 raise
@@ -74,18 +177,19 @@ def prepare(uri: str, experiment: str) -> str:
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
+    exp = _retry(client.get_experiment_by_name, experiment)
     if exp is None:
         # artifacts beside a local SQLite file, not in whatever directory the first process happened to run in
         location = (db.parent / "mlruns" / experiment).as_uri() if db is not None else None
         try:
-            return client.create_experiment(experiment, artifact_location=location)
+            with _redacted_errors():
+                return client.create_experiment(experiment, artifact_location=location)
         except MlflowException:  # created meanwhile by another driver
-            exp = client.get_experiment_by_name(experiment)
+            exp = _retry(client.get_experiment_by_name, experiment)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
-        client.restore_experiment(exp.experiment_id)
+        _retry(client.restore_experiment, exp.experiment_id)
     return exp.experiment_id
 
 

@@ -181,10 +181,34 @@ def test_cost_includes_sweeps_that_are_no_paper_table() -> None:
 
 
 def test_method_colours_are_stable() -> None:
-    """Named methods take tab10 in METHOD_LABELS order; any other name one of the two colours left (C8, C9) by its
-    crc32, the same in every process: crc32(b"mymethod") = 3097977912 (even: C8), crc32(b"oracle_task") =
-    2453491795 (odd: C9)."""
+    """Named methods take tab10 in METHOD_LABELS order (9 of them: C0-C8); any other name one of the colours left by
+    its crc32, the same in every process; with one colour left that is C9 for every other name."""
     from analysis.figures import method_color
 
-    assert [method_color(m) for m in paper.METHOD_LABELS] == [f"C{i}" for i in range(8)]
-    assert method_color("mymethod") == "C8" and method_color("oracle_task") == "C9"
+    assert len(paper.METHOD_LABELS) == 9, "update the hand-checked colours below"
+    assert [method_color(m) for m in paper.METHOD_LABELS] == [f"C{i}" for i in range(9)]
+    assert method_color("mymethod") == "C9" and method_color("oracle_task") == "C9"
+
+
+def test_report_reads_nothing_outside_the_sweep_folder(tmp_path: Path) -> None:
+    """A `trial` value that is an absolute path (or `..`), or a PNG that links out, pulls no file into the HTML."""
+    import base64
+
+    sweep = _write_sweep(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    secret = b"\x89PNG\r\n\x1a\nnot-for-the-report"
+    (outside / "secret.png").write_bytes(secret)
+    np.savez(outside / "predictions.npz", images=np.zeros((1, 1, 8, 8), np.float32))
+    rows = _rows()
+    rows["trial"] = rows["trial"].replace({"mist_mnist_hard_recon_s0": str(outside),      # absolute: outside
+                                           "grid_mnist_hard_recon_s0": "../../elsewhere"})  # relative: outside too
+    easy = sweep / "trials" / "mist_mnist_easy_recon_s0"   # inside, but its PNG is a link to the outside file
+    easy.mkdir(parents=True)
+    (easy / "linked.png").symlink_to(outside / "secret.png")
+    path = report.build_report(rows, tmp_path / "out", sweep)
+    page = path.read_text(encoding="utf-8")
+    assert base64.b64encode(secret).decode("ascii") not in page
+    assert page.count("lies outside the sweep folder") == 2 and "linked.png links outside the sweep folder" in page
+    inside = report._inside(sweep / "trials" / "x", sweep)
+    assert inside is not None and report._inside(sweep / "trials" / str(outside), sweep) is None

@@ -70,3 +70,44 @@ def test_preview_writes_a_png(tmp_path):
     s = load_splits(dataset_config("mnist_hard", {"n_train": 3, "n_test": 2}), use_cache=False)
     path = write_preview(s, tmp_path / "p.png", n=4)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("damage", ["directory", "truncated", "dangling link"])
+def test_damaged_cache_entry_is_logged_removed_and_rebuilt(monkeypatch, tmp_path, caplog, damage):
+    import logging
+
+    calls = _counting(monkeypatch, "gabor")
+    cfg = dataset_config("gabor", {"n_train": 2, "n_test": 1, "canvas": 32})
+    load_splits(cfg, cache_dir=tmp_path)
+    (entry,) = tmp_path.iterdir()
+    good = entry.read_bytes()
+    entry.unlink()
+    if damage == "directory":  # a directory in place of the file, with something in it
+        entry.mkdir()
+        (entry / "junk").write_text("x")
+    elif damage == "truncated":
+        entry.write_bytes(good[:100])
+    else:
+        entry.symlink_to(tmp_path / "gone.npz")
+    with caplog.at_level(logging.WARNING, logger="mist_core.data.cache"):
+        splits = load_splits(cfg, cache_dir=tmp_path)
+    assert len(splits.train) == 2 and len(calls) == 2
+    assert entry.is_file() and not entry.is_symlink() and entry.read_bytes() == good  # rebuilt, same content
+    (msg,) = [r.getMessage() for r in caplog.records if r.name == "mist_core.data.cache"]
+    assert str(entry) in msg and "regenerating" in msg
+    assert {"directory": "a directory", "truncated": "unreadable", "dangling link": "dangling"}[damage] in msg
+    caplog.clear()
+    load_splits(cfg, cache_dir=tmp_path)  # a hit now: nothing logged, nothing generated
+    assert len(calls) == 2 and not caplog.records
+
+
+def test_unwritable_cache_is_a_warning_not_an_error(monkeypatch, tmp_path, caplog):
+    import logging
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file where the cache directory should be")
+    cfg = dataset_config("gabor", {"n_train": 2, "n_test": 1, "canvas": 32})
+    with caplog.at_level(logging.WARNING, logger="mist_core.data.cache"):
+        splits = load_splits(cfg, cache_dir=blocker / "cache")
+    assert len(splits.train) == 2
+    assert any("cannot write the dataset cache entry" in r.getMessage() for r in caplog.records)
