@@ -155,7 +155,9 @@ def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threa
     t0 = time.perf_counter()
     res = trainer.run(progress=True)
     test = trainer.splits.test.subset(res.example.boxes.shape[0]).batch(slice(None))
-    final = {**res.metrics, **placement(res.example, test.boxes, test.counts)}
+    final = dict(res.metrics)
+    if res.example.boxes.shape[1] > 0:  # the mean image places no boxes
+        final.update(placement(res.example, test.boxes, test.counts))
     if save_dir:  # the trained state, for diagnostics after the fact (torch.load(..., weights_only=True))
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         torch.save(trainer.state_dict(), Path(save_dir) / f"{task}-{rung}-s{seed}.pt")
