@@ -65,6 +65,7 @@ class OracleTask(MIST):
     """(a) Only the task network trains, on patches at the ground-truth centres."""
 
     name = "oracle_task"
+    oracle = True  # (run as a script this module is __main__: isinstance against its classes would fail)
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         kp, valid = oracle_keypoints(self, batch)
@@ -86,6 +87,7 @@ class OracleHeatmap(MIST):
     """(b) Only the heatmap network trains, regressed to G(ground-truth centres) with unit weights."""
 
     name = "oracle_heatmap"
+    oracle = True
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         kp, valid = oracle_keypoints(self, batch)
@@ -161,7 +163,7 @@ def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threa
     if save_dir:  # the trained state, for diagnostics after the fact (torch.load(..., weights_only=True))
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         torch.save(trainer.state_dict(), Path(save_dir) / f"{task}-{rung}-s{seed}.pt")
-    if isinstance(trainer.method, MIST) and not isinstance(trainer.method, (OracleTask, OracleHeatmap)):
+    if isinstance(trainer.method, MIST) and not getattr(trainer.method, "oracle", False):
         final["det_after_x"] = detection_after_x_step(trainer.method, trainer.splits.test, len(test))
     return {"rung": rung, "overrides": method_params or {}, "task": task, "seed": seed,
             "steps": int(res.metrics["step"]), "dataset": dataset, "scale": scale, "method": method, "method_params": cfg.method_params, "train": cfg.train,
