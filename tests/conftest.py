@@ -33,3 +33,15 @@ def _no_flush_denormal_leak():
     torch.set_flush_denormal(False)
     yield
     torch.set_flush_denormal(False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (pytestmark = pytest.mark.usefixtures("one_thread")): small nets run no
+    faster on two, and results do not depend on the machine's core count."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -56,12 +56,7 @@ def tiny_batch(B: int = 4, H: int = 40, W: int = 40, L: int = 3, side: int = 12,
     return Batch(images, labels, boxes, counts)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

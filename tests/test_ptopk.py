@@ -31,12 +31,7 @@ from test_contract import tiny_batch
 SPEC = DataSpec(channels=1, height=40, width=40, n_classes=10, max_instances=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(task: str = "recon", seed: int = 0, **overrides) -> PerturbedTopK:

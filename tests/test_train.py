@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from mist_core.data import dataset_config, load_splits
 from mist_core.train import RunConfig, Trainer
@@ -20,12 +19,6 @@ def trainer(splits, **train) -> Trainer:
     cfg = RunConfig(method="grid", dataset="mnist_hard", scale="smoke", dataset_params={"n_train": 16, "n_test": 8},
                     train={"batch_size": 4, "eval_every": 100, "eval_images": 4, "threads": 1, **train})
     return Trainer(cfg, splits=splits)
-
-
-@pytest.fixture(autouse=True)
-def _no_flush_denormal():
-    yield
-    torch.set_flush_denormal(False)  # the Trainer flushes denormals process-wide; hypothesis tests refuse that
 
 
 def test_cosine_schedule_by_hand(splits):
