@@ -46,8 +46,7 @@ RUNGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "mist": ("mist", {}, {}),
     "no_blur": ("mist", {"heat_sigma": 0.0}, {}),
     "no_decay": ("mist", {}, {"lr_decay": "none"}),
-    "session4_preset": ("mist", {"heat_sigma": 0.0}, {"lr_decay": "none"}),
-    "nms9": ("mist", {"nms_window": 9}, {}),
+    "session4_preset": ("mist", {"heat_sigma": 0.0, "heat_blocks": 4, "nms_window": 5}, {"lr_decay": "none"}),
     "grid": ("grid", {}, {}),                 # the same steps: the RMSE MIST must beat
     "kmeans": ("kmeans", {}, {"max_steps": 1, "eval_every": 1}),  # the non-learned floor (nothing to train)
     "trivial": ("trivial", {}, {}),           # the mean image
