@@ -165,7 +165,10 @@ def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threa
     if isinstance(trainer.method, MIST) and not getattr(trainer.method, "oracle", False):
         final["det_after_x"] = detection_after_x_step(trainer.method, trainer.splits.test, len(test))
     return {"rung": rung, "overrides": method_params or {}, "task": task, "seed": seed,
-            "steps": int(res.metrics["step"]), "dataset": dataset, "scale": scale, "method": method, "method_params": cfg.method_params, "train": cfg.train,
+            "steps": int(res.metrics["step"]), "dataset": dataset, "scale": scale, "method": method,
+            "method_params": cfg.method_params, "train": cfg.train,
+            "method_config": trainer.resolved.method_cfg.model_dump(mode="json"),  # what ran, whatever the preset
+            "train_config": trainer.tcfg.model_dump(mode="json"),
             "wall_seconds": time.perf_counter() - t0, "history": res.history, "final": final}
 
 

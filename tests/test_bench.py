@@ -102,6 +102,7 @@ def test_oracle_ladder_at_smoke_scale(tmp_path, capsys):
     assert rows[0]["final"]["det_rate"] == 1.0 and 0 <= rows[2]["final"]["det_rate"] <= 1
     assert 0 <= rows[2]["final"]["det_after_x"] <= 1 and "det_after_x" not in rows[0]["final"]
     assert all(r["final"]["step"] == 2 and len(r["history"]) == 2 for r in rows)
+    assert rows[2]["method_config"]["heat_blocks"] == 1 and rows[2]["train_config"]["max_steps"] == 2  # smoke preset
     capsys.readouterr()
     assert ladder.main(["table", str(out)]) == 0
     table = capsys.readouterr().out
