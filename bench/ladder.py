@@ -1,16 +1,16 @@
 """The oracle ladder: where MIST's localisation gap sits, measured at equal steps.
 
     python -m bench.ladder run --task recon --steps 1000 --seeds 0 --rungs task_on_gt,heatmap_on_gt,mist \
-        --out bench/measured/ladder-recon-s0.json
-    python -m bench.ladder table bench/measured/ladder-recon-*.json     # Markdown: mean ± std over seeds
+        [-m KEY=VALUE ...] [--save-dir runs/ladder] --out bench/measured/ladder/recon-s0.json
+    python -m bench.ladder table bench/measured/ladder/recon-*.json     # Markdown: mean ± std over seeds
 
 Rungs (each one Trainer run, by default of the quick scale on mnist_hard; the same steps, data and seed):
   task_on_gt     (a) the task network alone, trained and evaluated on patches at the ground-truth centres:
                  the RMSE / classification ceiling of the task network at this scale.
   heatmap_on_gt  (b) the heatmap network alone, regressed to G(ground-truth centres): the detection ceiling.
   mist           (c) full MIST, the quick preset.
-  no_*, with_*   (d) MIST with one of the preset's changes removed or a candidate added (RUNGS says which fields).
-  grid, kmeans, trivial   the comparisons: grid at the same steps, the non-learned floor, the mean image.
+  no_*           (d) MIST with one of the preset's changes removed (RUNGS says which fields); candidates: -m.
+  grid, channelwise, air, kmeans, trivial   the comparisons at the same steps, the non-learned floor, the mean image.
 Every rung writes its evaluation history (every `--eval-every` steps on 256 test images, the final one on 1,000).
 """
 from __future__ import annotations
@@ -29,10 +29,10 @@ from torch import Tensor
 
 from bench.cli import write_json_atomic
 from bench.machine import machine_info
+from baselines.supervised import gt_keypoints
 from mist_core import metrics
 from mist_core.config import parse_overrides
 from mist_core.mist import MIST
-from baselines.supervised import gt_keypoints
 from mist_core.sampler import keypoint_boxes, sample_patches
 from mist_core.train import RunConfig, Trainer
 from mist_core.types import Batch, Prediction
