@@ -1,4 +1,4 @@
-"""Perturbed top-K (issue 19): MIST's networks with E_K relaxed by perturbed optimisation instead of lifted.
+"""Perturbed top-K: MIST's networks with E_K relaxed by perturbed optimisation instead of lifted.
 
 Cordonnier et al. 2021 ("Differentiable Patch Selection for Image Recognition", CVPR), built on the perturbed
 optimisers of Berthet et al. 2020. Same H_eta (HeatmapNet) and T_tau (TaskHead) as MIST, MIST's presets; only the
@@ -98,7 +98,7 @@ class PerturbedTopKFunction(torch.autograd.Function):
         grad_s = g : dE[Y]/ds,  dE[Y]_kd/ds_e = E[Y_kd Z_e] / sigma   (an OUTER product of Y and Z per copy)
                = E_n[ <g, Y_n> Z_n ] / sigma,     <g, Y_n> = sum_{k,d} g_kd Y_nkd = sum_k g[k, idx_nk]
     so <g, Y_n> is g gathered at the selected indices (B, N, K) summed over K, and nothing of size (B, N, K, D) is
-    built. Published correction (issue 19): the reference implementation of Cordonnier et al. used the transposed
+    built. Published correction: the reference implementation of Cordonnier et al. used the transposed
     Jacobian and a dot product where this outer product was meant (an elementwise Y_nkd Z_nd, "bnkd,bnd->bkd",
     where the Jacobian needs Y_nkd Z_ne for every pair (d, e), "bnkd,bne->bkde"); neither is E[Y Z^T]/sigma applied
     to g. Here the (B, K, D, D) Jacobian is never formed; tests/test_ptopk.py checks the result against the explicit

@@ -1,4 +1,4 @@
-"""bench: the performance benchmark suite (issue #7). One command, JSON out:
+"""bench: the performance benchmark suite. One command, JSON out:
 
     python -m bench [--only steps,breakdown,flops,sweep,data] [--scales quick,paper] [--methods ...]
                     [--device cpu|cuda] [--repeats N] [--tiny] --out bench/results/<name>.json

@@ -46,7 +46,8 @@ RUNGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "mist": ("mist", {}, {}),
     "no_blur": ("mist", {"heat_sigma": 0.0}, {}),
     "no_decay": ("mist", {}, {"lr_decay": "none"}),
-    "session4_preset": ("mist", {"heat_sigma": 0.0, "heat_blocks": 4, "nms_window": 5}, {"lr_decay": "none"}),
+    # none of the quick preset's localisation changes: spike G, 4 heatmap blocks, NMS 5, constant lr
+    "no_changes": ("mist", {"heat_sigma": 0.0, "heat_blocks": 4, "nms_window": 5}, {"lr_decay": "none"}),
     "grid": ("grid", {}, {}),                 # the same steps: the RMSE MIST must beat
     "kmeans": ("kmeans", {}, {"max_steps": 1, "eval_every": 1}),  # the non-learned floor (nothing to train)
     "trivial": ("trivial", {}, {}),           # the mean image

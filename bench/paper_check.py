@@ -1,4 +1,4 @@
-"""Paper scale on one GPU (issue 14): MIST classify on MNIST hard (Table 2), MIST and grid recon (Table 1), one JSON.
+"""Paper scale on one GPU: MIST classify on MNIST hard (Table 2), MIST and grid recon (Table 1), one JSON.
 
     python -m bench.paper_check [--device cuda] [--steps 6250] [--recon-steps N] [--time-limit 480] [--bf16]
                                 [--compare-fp32 N] [--compile] [--scale paper|quick|smoke] [--digits-dir DIR]

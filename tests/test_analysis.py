@@ -212,3 +212,25 @@ def test_report_reads_nothing_outside_the_sweep_folder(tmp_path: Path) -> None:
     assert page.count("lies outside the sweep folder") == 2 and "linked.png links outside the sweep folder" in page
     inside = report._inside(sweep / "trials" / "x", sweep)
     assert inside is not None and report._inside(sweep / "trials" / str(outside), sweep) is None
+
+
+def test_method_summary_marks_references_and_flags_losers() -> None:
+    """Final rows of 2 seeds per method: means by hand, the reference rows last and marked, and a competitor flagged
+    when its RMSE is not below the mean image's or its detection not above the k-means floor."""
+    from analysis.tables import format_summary, method_summary
+
+    rows = []
+    for m, rmse, det in [("mist", 0.18, 0.80), ("air", 0.31, 0.90), ("trivial", 0.30, 0.0), ("kmeans", 0.06, 0.87)]:
+        for s in (0, 1):
+            for metric, v in (("rmse", rmse + 0.02 * s), ("det_rate", det)):
+                rows.append(dict(sweep="q", trial=f"{m}{s}", phase="seeds", method=m, dataset="mnist_hard",
+                                 table=None, task="recon", scale="quick", seed=s, step=1000, final=True,
+                                 metric=metric, value=v, core_seconds=1.0, wall_seconds=1.0))
+    out = method_summary(pd.DataFrame(rows)).set_index("method")
+    assert list(out.index) == ["mist", "air", "trivial", "kmeans"]
+    assert out.loc["mist", "rmse"] == pytest.approx(0.19) and out.loc["mist", "rmse_std"] == pytest.approx(0.02 / 2**0.5)
+    assert out.loc["mist", "note"] == "detection not above the k-means floor"
+    assert out.loc["air", "note"] == "RMSE not below the mean image's"
+    assert out.loc["kmeans", "note"] == "reference, not a competitor" and bool(out.loc["trivial", "reference"])
+    shown = format_summary(out.reset_index())
+    assert shown.loc[3, "method"] == "k-means floor (reference)" and shown.loc[0, "RMSE"] == "0.190 ± 0.014"

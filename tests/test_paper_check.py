@@ -1,4 +1,4 @@
-"""The paper check (bench/paper_check.py, issue 14) at smoke scale on the CPU, so it cannot rot while no GPU is lent.
+"""The paper check (bench/paper_check.py) at smoke scale on the CPU, so it cannot rot while no GPU is lent.
 
 Each test runs `python -m bench.paper_check` in a subprocess from the repository root, on 1 thread (a few seconds).
 """

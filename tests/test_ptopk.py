@@ -1,4 +1,4 @@
-"""The perturbed top-K method (baselines/ptopk.py, issue 19): shapes, the sigma -> 0 limit, the gradient estimator.
+"""The perturbed top-K method (baselines/ptopk.py): shapes, the sigma -> 0 limit, the gradient estimator.
 
 What is testable about the gradient. The training gradient is a Monte-Carlo estimate, E_n[<g, Y_n> Z_n] / sigma, of
 the gradient of the SMOOTHED objective F(s) = E_Z[<W, Y(s + sigma Z)>]. With a fixed noise sample (common random

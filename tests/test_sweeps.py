@@ -23,47 +23,13 @@ import pytest
 import yaml
 
 from mist_core.config import ConfigError, parse_config
+from sweep_fixtures import BASE, _DEL, _with, _write  # the sweep configs these tests vary
 from sweeps.config import CONFIG_DIR, SweepConfig, load_sweep, plan
 from sweeps.results import COLUMNS, ResultsWriter, load_results, report_rows
 
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-
-BASE = {
-    "name": "t",
-    "task": "recon",
-    "scale": "smoke",
-    "datasets": ["mnist_hard"],
-    "methods": ["trivial", "mist"],
-    "seeds": [0, 1],
-    "search": {"num_samples": 2, "metric": "rmse", "mode": "min"},
-    "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
-    "resources": {"cpu": 1, "gpu": 0},
-}
-
-
-def _write(tmp: Path, cfg: dict, name: str = "sweep.yaml") -> Path:
-    p = tmp / name
-    p.write_text(yaml.safe_dump(cfg))
-    return p
-
-
-def _with(**changes) -> dict:
-    cfg = json.loads(json.dumps(BASE))
-    for path, value in changes.items():
-        *parents, last = path.split("__")
-        d = cfg
-        for k in parents:
-            d = d.setdefault(k, {})
-        if value is _DEL:
-            d.pop(last, None)
-        else:
-            d[last] = value
-    return cfg
-
-
-_DEL = object()
-
 
 # --- validation (no Ray) ----------------------------------------------------------------------------------
 BAD = [
@@ -149,109 +115,6 @@ def test_empty_config_is_reported_as_empty(tmp_path, capsys, text):
         load_sweep(path)
     assert str(path) in str(err.value)
     assert main([str(path), "--check"]) == 2 and "empty config" in capsys.readouterr().err
-
-
-SECRET = "s3cr3t-Pa55"
-CRED_URI = f"http://alice:{SECRET}@mlflow.example:5000"
-
-
-def test_redact_uri():
-    from sweeps.tracking import redact_uri, redact_values
-
-    assert redact_uri(CRED_URI) == "http://alice:***@mlflow.example:5000"
-    assert redact_uri("https://TOKEN123@host/x") == "https://***@host/x"
-    assert redact_uri("http://u:p@ss@host:5000/a") == "http://u:***@host:5000/a"  # "@" in the password
-    assert redact_uri("postgresql://u:pw@db/m?sslmode=require&password=pw2") == \
-        "postgresql://u:***@db/m?sslmode=require&password=***"
-    for plain in ("sqlite:////abs/mlflow.db", "http://host:5000", "s3://bucket/sweeps", "runs/sweeps", "a@b.c"):
-        assert redact_uri(plain) == plain
-    text = f"--tracking-uri {CRED_URI} --storage s3://KEY:SECRETKEY@bucket/p"
-    assert redact_uri(text) == "--tracking-uri http://alice:***@mlflow.example:5000 --storage s3://KEY:***@bucket/p"
-    assert redact_values({"a": [CRED_URI, 3], "b": (CRED_URI,), "c": None}) == {
-        "a": ["http://alice:***@mlflow.example:5000", 3], "b": ("http://alice:***@mlflow.example:5000",), "c": None}
-
-
-def _sweep_with_credential(tmp_path, **args):
-    import argparse
-
-    from sweeps.driver import Sweep
-
-    cfg = parse_config(SweepConfig, _with(methods=["trivial"], search__num_samples=1, scheduler=_DEL,
-                                          tracking_uri=CRED_URI, storage=str(tmp_path / "runs")))
-    argv = ["sweep.yaml", "--tracking-uri", CRED_URI]
-    ns = argparse.Namespace(config="sweep.yaml", storage=None, tracking_uri=None, resume=False, fresh=False,
-                            argv=argv, **args)
-    sweep = Sweep(plan(cfg), ns)
-    sweep.t0 = time.time()
-    return cfg, sweep
-
-
-def test_credentials_are_redacted_in_everything_written(tmp_path, capsys):
-    """The dicts that become sweep.json, the parent run's params and tags, Tune's trial config (ctx) and the
-    progress callback's state hold no credential; the state in memory keeps the real URI."""
-    from sweeps import tracking
-    from sweeps.progress import say
-    from sweeps.store import SWEEP_FILE, stored_state
-
-    cfg, sweep = _sweep_with_credential(tmp_path)
-    state = sweep.store.open_state(cfg, resume=False, fresh=False, tracking_uri=None, say=print)
-    assert state["tracking_uri"] == CRED_URI  # in memory: the real one, for the driver's clients
-    shown = tracking.redact_uri(CRED_URI)
-    written = {
-        "sweep.json": stored_state(state),
-        "parent params": sweep.parent_params(),
-        "parent tags": sweep.parent_tags(state),
-        "trial ctx": sweep.trial_ctx(state, shown, "1", "parent"),
-        "progress info": sweep.progress_info(state, shown, "1"),
-    }
-    for where, data in written.items():
-        assert SECRET not in json.dumps(data, default=str), where
-    assert written["sweep.json"]["tracking_uri"] == shown
-    assert written["parent params"]["tracking_uri"] == shown
-    assert written["trial ctx"]["tracking_uri"] == shown
-    sweep.store.write_state(state)
-    assert SECRET not in (Path(sweep.dir) / SWEEP_FILE).read_text()
-    assert SECRET not in sweep._resume_command()
-    say(sweep._info(), f"MLflow {CRED_URI}")
-    assert SECRET not in capsys.readouterr().out
-    # a resume gets the real URI back from the command line or the config, never from sweep.json
-    again = sweep.store.open_state(cfg, resume=True, fresh=False, tracking_uri=CRED_URI, say=print)
-    assert again["tracking_uri"] == CRED_URI and again["uid"] == state["uid"]
-    assert sweep.store.open_state(cfg, True, False, None, say=print)["tracking_uri"] == CRED_URI
-    with pytest.raises(ConfigError, match="it logs to http://alice:\\*\\*\\*@") as err:
-        sweep.store.open_state(cfg, True, False, "http://bob:other@mlflow.example:5000", say=print)
-    assert SECRET not in str(err.value) and "other" not in str(err.value)
-    no_cred = cfg.replace(tracking_uri="sqlite:///elsewhere.db")
-    with pytest.raises(ConfigError, match="credential is not stored; pass it again with --tracking-uri"):
-        sweep.store.open_state(no_cred, True, False, None, say=print)
-
-
-def test_trials_get_the_credential_through_the_environment(monkeypatch):
-    from ray.tune.execution import class_cache
-
-    from sweeps import tracking
-
-    monkeypatch.delenv(tracking.URI_ENV, raising=False)
-    shown = tracking.redact_uri(CRED_URI)
-    with pytest.raises(tracking.TrackingError, match="not in this process's environment") as err:
-        tracking.credential_uri(shown)
-    assert SECRET not in str(err.value)
-    with tracking.credential_env(CRED_URI) as uri:
-        assert uri == shown
-        assert os.environ[tracking.URI_ENV] == CRED_URI
-        assert tracking.URI_ENV in class_cache.ENV_VARS_TO_PROPAGATE  # Tune copies it into each trial's env
-        assert tracking.credential_uri(shown) == CRED_URI
-        assert tracking.credential_uri("sqlite:////x.db") == "sqlite:////x.db"
-    assert tracking.URI_ENV not in os.environ and tracking.URI_ENV not in class_cache.ENV_VARS_TO_PROPAGATE
-    with tracking.credential_env("sqlite:////x.db") as uri:  # nothing to hide: nothing set
-        assert uri == "sqlite:////x.db" and tracking.URI_ENV not in os.environ
-
-    def fails():
-        raise RuntimeError(f"API request to {CRED_URI}/api/2.0/mlflow/runs/create failed")
-    with pytest.raises(tracking.TrackingError) as err:
-        tracking._retry(fails)
-    assert SECRET not in str(err.value) and "alice:***@" in str(err.value)
-    assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
 def test_shipped_configs_validate(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ def test_cosine_schedule_by_hand(splits):
     expect = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(5)]
     assert t.lr_factor() == pytest.approx(1.0)
     t.run(progress=False)
-    assert t.lr_factor() == pytest.approx(expect[4]) == pytest.approx(0.1)
+    assert expect[4] == pytest.approx(0.1) and t.lr_factor() == pytest.approx(expect[4])
     for k, o in t.method.optimizers().items():   # the last step ran at step index 3
         assert [g["lr"] for g in o.param_groups] == pytest.approx([b * expect[3] for b in base[k]])
 
