@@ -1,9 +1,10 @@
 """A non-learned detection floor: k-means of each image's ink pixels, one square box of the patch size per cluster.
 
-Nothing is trained. Each image's pixels brighter than `ink` are clustered into its `count` clusters (K-means
-weighted by intensity, farthest-point initialisation, a fixed number of Lloyd iterations), so any learned
-detector is read against what plain clustering finds. Reconstruction keeps the input's pixels inside the boxes
-(the input's own patches pasted back) and zero elsewhere; classification is uniform (chance).
+Nothing is trained (`learns = False`: the trainer runs one pass over the training data, each step only reporting
+the reconstruction error of its batch). Each image's pixels brighter than `ink` are clustered into its `count`
+clusters (K-means weighted by intensity, farthest-point initialisation, a fixed number of Lloyd iterations), so
+any learned detector is read against what plain clustering finds. Reconstruction keeps the input's pixels inside
+the boxes (the input's own patches pasted back) and zero elsewhere; classification is uniform (chance).
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ class KMeansFloor(Method):
     name = "kmeans"
     Config = KMeansConfig
     tasks = ("recon", "classify")
+    learns = False  # predict clusters each image afresh; training steps only report the loss
 
     @classmethod
     def default_config(cls, scale: str) -> KMeansConfig:

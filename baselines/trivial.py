@@ -1,4 +1,6 @@
-"""The trivial reference: predict the mean training image, detect nothing. Every method must beat it."""
+"""The trivial reference: predict the mean training image, detect nothing. Every method must beat it.
+
+It learns nothing (`learns = False`): the trainer runs one pass, after which `mean` is the training images' mean."""
 from __future__ import annotations
 
 import torch
@@ -17,6 +19,7 @@ class Trivial(Method):
     name = "trivial"
     Config = TrivialConfig
     tasks = ("recon",)
+    learns = False  # the running mean is exact after one pass over the training images
 
     @classmethod
     def default_config(cls, scale: str) -> TrivialConfig:

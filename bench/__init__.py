@@ -1,6 +1,6 @@
 """bench: the performance benchmark suite. One command, JSON out:
 
-    python -m bench [--only steps,breakdown,flops,sweep,data] [--scales quick,paper] [--methods ...]
+    python -m bench [--only steps,breakdown,flops,sweep,data,authors] [--scales quick,paper] [--methods ...]
                     [--device cpu|cuda] [--repeats N] [--tiny] --out bench/results/<name>.json
     python -m bench.table bench/results/<name>.json      # the JSON as Markdown tables
 
@@ -10,8 +10,9 @@ Items, one module each (each exposes `run(settings) -> dict`):
   flops      achieved FLOP/s of a MIST step (FlopCounterMode) against a measured conv2d peak
   sweep      utilisation of a short local Ray sweep: training core-seconds / (wall seconds x cores)
   data       data generation throughput of every dataset generator (images/s)
+  authors    MIST's training step at exactly the authors' MNIST configuration (images/s); also python -m bench.authors
 Shared pieces: settings (what to run), machine (what it ran on), timing, memory, workload (method + batch).
 """
 
-ITEMS: tuple[str, ...] = ("steps", "breakdown", "flops", "sweep", "data")
+ITEMS: tuple[str, ...] = ("steps", "breakdown", "flops", "sweep", "data", "authors")
 SCHEMA_VERSION = 1

@@ -1,10 +1,11 @@
 """The command line: run the selected items, print progress to stderr, write one JSON file atomically.
 
-    python -m bench [--only steps,breakdown,flops,sweep,data] [--scales quick,paper] [--methods mist,grid]
+    python -m bench [--only steps,breakdown,flops,sweep,data,authors] [--scales quick,paper] [--methods mist,grid]
                     [--datasets mnist_hard,gabor] [--device cpu|cuda] [--repeats N] [--warmup N] [--threads N]
                     [--sweep-trials N] [--sweep-seconds S] [--tiny] --out FILE.json
 
-Defaults: every item; scales quick on the CPU, quick,paper on CUDA; every registered method; all usable cores.
+Defaults: every item (`authors` ignores --scales, --methods and --datasets: its configuration is fixed); scales
+quick on the CPU, quick,paper on CUDA; every registered method; all usable cores.
 --tiny shrinks everything to seconds, on 1 thread (bench.settings.Settings.tiny_defaults); explicit options
 still apply.
 Bad options: exit status 2 before anything runs. An item that raises is recorded as {"error": ...} (a method that

@@ -1,7 +1,8 @@
 """What a benchmark run measures and how hard: one frozen Settings object every item reads.
 
 `Settings.tiny_defaults()` shrinks everything to seconds (smoke scale, 1 thread, 1 warm-up step, 2 timed steps,
-1 profiled step, tiny conv shapes, a 2-trial sweep of 1 s trials, 32-image data sets); the test suite uses it.
+1 profiled step, tiny conv shapes, a 2-trial sweep of 1 s trials, 32-image data sets; the `authors` item keeps
+its fixed configuration, only its step counts shrink); the test suite uses it.
 One thread because a tiny run is a functional check: on a machine whose cores are busy with other work, torch's
 thread pool oversubscribed with it makes tiny steps 10-50x slower.
 """

@@ -19,12 +19,19 @@ from bench.memory import PeakMemory
 from bench.settings import Settings
 from bench.timing import summary, time_calls
 from bench.workload import build, load_case, make_workload, method_tasks
+from mist_core.data import Splits
+from mist_core.train import Resolved
 
-__all__ = ["run", "measure"]
+__all__ = ["run", "measure", "measure_case"]
 
 
 def measure(method: str, task: str, scale: str, s: Settings) -> dict:
     r, splits = load_case(method, task, scale, s.device, s.dataset)
+    return {"method": method, "task": task, "scale": scale, **measure_case(r, splits, s)}
+
+
+def measure_case(r: Resolved, splits: Splits, s: Settings) -> dict:
+    """Build, `warmup` untimed steps, `repeats` timed ones: the row's numbers (all but what the case is)."""
     with PeakMemory(s.device) as mem:                  # the method's footprint: networks, optimisers, activations
         w = build(r, splits)
         for _ in range(s.warmup):
@@ -32,8 +39,8 @@ def measure(method: str, task: str, scale: str, s: Settings) -> dict:
     wall, cpu = time_calls(w.step, 0, s.repeats, w.method.device)
     mem.sample()
     stats = summary(wall)
-    return {"method": method, "task": task, "scale": scale, "batch_size": w.batch_size, "warmup": s.warmup,
-            **stats, "images_per_s": w.batch_size / (stats["median_ms"] / 1e3),
+    return {"batch_size": w.batch_size, "warmup": s.warmup, **stats,
+            "images_per_s": w.batch_size / (stats["median_ms"] / 1e3),
             "cpu_per_wall": statistics.fmean(cpu) / statistics.fmean(wall), **mem.result(),
             "n_parameters": w.method.n_parameters()}
 

@@ -1,6 +1,6 @@
 """One method ready to train on one batch, built as mist_core.train.Trainer builds it.
 
-resolve(RunConfig) applies the scale's presets (method config via `Method.make_config(scale, {})`, data and
+resolve(RunConfig) applies the scale's presets (method config via `Method.make_config(scale, overrides)`, data and
 training presets); the data are `n_train = batch size` images of the dataset generated in memory (no cache);
 the method gets the DataSpec of that split, `fit_setup` on it, and the batch (B, C, H, W) on its device.
 """
@@ -40,11 +40,15 @@ def method_tasks(methods: tuple[str, ...] = ()) -> list[tuple[str, str]]:
 
 
 def load_case(method: str, task: str, scale: str, device: str = "cpu", dataset: str = "mnist_hard",
-              seed: int = 0) -> tuple[Resolved, Splits]:
-    """The resolved run (every preset applied) and its data: n_train = the scale's batch size, no test split."""
-    B = train_config(scale).batch_size
+              seed: int = 0, method_params: dict | None = None, dataset_params: dict | None = None,
+              batch_size: int | None = None) -> tuple[Resolved, Splits]:
+    """The resolved run (every preset applied, then the overrides) and its data: n_train = the batch size (the
+    scale's unless given), no test split."""
+    B = batch_size or train_config(scale).batch_size
     r = resolve(RunConfig(method=method, dataset=dataset, task=task, scale=scale, seed=seed,
-                          dataset_params={"n_train": B, "n_test": 0, "seed": seed}, train={"device": device}))
+                          method_params=method_params or {},
+                          dataset_params={**(dataset_params or {}), "n_train": B, "n_test": 0, "seed": seed},
+                          train={"device": device, "batch_size": B}))
     return r, load_splits(r.dataset_cfg, use_cache=False)
 
 

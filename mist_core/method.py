@@ -7,6 +7,9 @@ names the class and the field):
   name     str: the method's name in results and figures; the registry key when registered
   Config   a mist_core.config.StrictConfig subclass: every hyper-parameter, typed, unknown keys refused
   tasks    non-empty tuple of 'recon' / 'classify': the tasks it supports (no default)
+and may set:
+  learns   bool, default True. False for a method with nothing to learn (a mean image, a fixed clustering): the
+           trainer then runs one pass over the training data (or max_steps if fewer), not the whole step budget
 and implements:
   default_config(scale)                  its Config at each scale ('smoke', 'quick', 'paper')
   train_step(batch) -> {name: float}     one optimisation step. The FIRST key is the primary objective: the loss
@@ -69,13 +72,16 @@ class Method(abc.ABC):
 
     A concrete subclass sets `name` (str, on the class itself; the registry key when registered), `Config` (a
     StrictConfig subclass) and `tasks` (a non-empty tuple of 'recon' / 'classify'; no default); `Config` and
-    `tasks` may come from a parent method (e.g. a variant of MIST). A class with abstract methods left is not
-    checked. The first loss `train_step` returns is the primary objective (it must fall on a fixed batch).
+    `tasks` may come from a parent method (e.g. a variant of MIST); `learns` (bool) defaults to True (False: the
+    trainer runs one pass over the training data). A class with abstract methods left is not checked. The first
+    loss `train_step` returns is the primary objective (it must fall on a fixed batch).
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[StrictConfig]]
     tasks: ClassVar[tuple[Task, ...]]
+    # False: more steps cannot change the method, so one pass over the training data is its whole budget
+    learns: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -102,6 +108,9 @@ class Method(abc.ABC):
         elif not (isinstance(tasks, tuple) and tasks and all(t in TASKS for t in tasks)
                   and len(set(tasks)) == len(tasks)):
             problems.append(f"`tasks` must be a non-empty tuple of distinct tasks from {TASKS}, got {tasks!r}")
+        learns = getattr(cls, "learns", None)
+        if not isinstance(learns, bool):
+            problems.append(f"`learns` must be a bool (True unless the method has nothing to learn), got {learns!r}")
         if problems:
             raise TypeError(f"method class {where}: " + "; ".join(problems))
 

@@ -3,10 +3,12 @@
     cfg = RunConfig(method="mist", dataset="mnist_hard", task="recon", scale="quick", seed=0)
     result = Trainer(cfg).run(callback=print)
 
-The callback receives a report (a flat dict of floats: step, seconds, core_seconds, mean training losses since
-the previous report, test metrics) at every `eval_every` steps and at the end; it may return True to stop.
-A sweeper hooks in there (and saves `trainer.state_dict()` as a checkpoint). The loop never asks which method
-it is training.
+The budget is `max_steps`; a method with nothing to learn (`Method.learns = False`) runs one pass over the
+training data instead when that is fewer steps. The callback receives a report (a flat dict of floats: step, the
+steps run so far; seconds, core_seconds, mean training losses since the previous report, test metrics) at every
+`eval_every` steps and at the end; it may return True to stop. A sweeper hooks in there (and saves
+`trainer.state_dict()` as a checkpoint: the method, the step, the RNGs and the data position, so a resumed run
+trains on the batches an unbroken one would). The loop never asks which method it is training.
 """
 from __future__ import annotations
 
@@ -133,13 +135,17 @@ class Trainer:
         self.method.fit_setup(self.splits.train.batch(slice(0, n_setup)).images.to(self.method.device))
         # initial lrs, before any checkpoint is loaded: the schedule is a function of the step alone
         self._base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.method.optimizers().items()}
-        self._epoch = iter(())
+        # the data position, part of a checkpoint so that a resumed run sees the batches an unbroken one would
+        self.epoch = 0                                      # passes over the training split begun
+        self._order = np.zeros(0, dtype=np.int64)           # (n_train,) this pass's permutation; empty before the first
+        self._pos = 0                                       # index in _order of the next batch's first image
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method.state_dict(), "step": self.step, "train_seconds": self.train_seconds,
                 "core_seconds": self.core_seconds, "torch_rng": torch.get_rng_state(),
-                "np_rng": _rng_state(self.rng)}
+                "np_rng": _rng_state(self.rng),
+                "data": {"epoch": self.epoch, "order": torch.from_numpy(self._order.copy()), "pos": self._pos}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
@@ -147,25 +153,46 @@ class Trainer:
         self.core_seconds = float(state["core_seconds"])
         torch.set_rng_state(state["torch_rng"])
         self.rng = _rng_from_state(state["np_rng"])
+        d = state.get("data")
+        if d is None:  # a checkpoint from before the data position was saved: resume with a fresh pass
+            return
+        order = d["order"].numpy().astype(np.int64)
+        if len(order) not in (0, len(self.splits.train)):
+            raise ConfigError(f"checkpoint: its data order covers {len(order)} training images, this run's training "
+                              f"split has {len(self.splits.train)}")
+        self.epoch, self._order, self._pos = int(d["epoch"]), order, int(d["pos"])
 
     # --- the loop ------------------------------------------------------------------------------
+    def _pass_end(self) -> int:
+        """Images of a pass that make batches: a learner drops the last partial batch (every step sees batch_size
+        images), a method with nothing to learn keeps it (its one pass sees every image)."""
+        n, bs = len(self.splits.train), self.tcfg.batch_size
+        return n - n % bs if self.method.learns else n
+
+    def budget_steps(self) -> int:
+        """The steps this run trains: max_steps, or for a method with nothing to learn at most one pass."""
+        t = self.tcfg
+        one_pass = math.ceil(len(self.splits.train) / t.batch_size)
+        return t.max_steps if self.method.learns else min(t.max_steps, one_pass)
+
     def _next_batch(self):
-        """The next batch of the current epoch (a lazy pass in a fresh random order), on the method's device."""
-        batch = next(self._epoch, None)
-        if batch is None:
-            self._epoch = self.splits.train.batches(self.tcfg.batch_size, self.rng, drop_last=True)
-            batch = next(self._epoch, None)
-            if batch is None:
-                raise ConfigError(f"train.batch_size {self.tcfg.batch_size} exceeds the training split "
-                                  f"({len(self.splits.train)} images)")
-        return batch.to(self.method.device)
+        """The next batch of the current pass (each pass in a fresh random order), on the method's device."""
+        bs, end = self.tcfg.batch_size, self._pass_end()
+        if not len(self._order) or self._pos >= end:
+            if end == 0:
+                raise ConfigError(f"train.batch_size {bs} exceeds the training split ({len(self.splits.train)} images)")
+            self._order, self._pos = self.rng.permutation(len(self.splits.train)), 0
+            self.epoch += 1
+        idx = np.sort(self._order[self._pos:min(self._pos + bs, end)])                     # (<= bs,)
+        self._pos += bs
+        return self.splits.train.batch(idx).to(self.method.device)
 
     def lr_factor(self) -> float:
         """The schedule's multiplier of every optimiser's initial lr at the current step."""
         t = self.tcfg
         if t.lr_decay == "none":
             return 1.0
-        progress = min(self.step / t.max_steps, 1.0)
+        progress = min(self.step / self.budget_steps(), 1.0)
         return t.lr_final + (1 - t.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def _apply_lr(self) -> None:
@@ -176,7 +203,7 @@ class Trainer:
 
     def budget_left(self) -> bool:
         t = self.tcfg
-        return self.step < t.max_steps and (t.max_seconds is None or self.train_seconds < t.max_seconds)
+        return self.step < self.budget_steps() and (t.max_seconds is None or self.train_seconds < t.max_seconds)
 
     def evaluate(self, n: int | None) -> tuple[dict[str, float], Prediction]:
         pred = predict_split(self.method, self.splits.test, n, max(self.tcfg.batch_size, 64))
@@ -223,8 +250,8 @@ class Trainer:
                   **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}, **mets}
         if final:
             report["final"] = 1.0
-            # the seconds cap is a safety limit: a run it stopped short of max_steps is marked, not silently shorter
-            report["stopped_by_seconds"] = float(self.step < self.tcfg.max_steps)
+            # the seconds cap is a safety limit: a run it stopped short of its budget is marked, not silently shorter
+            report["stopped_by_seconds"] = float(self.step < self.budget_steps())
         return report, pred
 
 

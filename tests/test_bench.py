@@ -1,6 +1,7 @@
 """The benchmark suite (bench/): `python -m bench --tiny` end to end, its JSON, and the Markdown table.
 
-test_bench_tiny runs steps (2 methods), breakdown, flops and data (1 generator) in a subprocess (~15 s); the Ray
+test_bench_tiny runs steps (2 methods), breakdown, flops and data (1 generator) in a subprocess (~15 s), and
+test_bench_authors_configuration two MIST steps at the authors' configuration (batch 32, 80 x 80); the Ray
 sweep item starts a local Ray instance (~45 s on 2 busy cores), so it has its own test under the `cluster`
 marker (deselect with -m "not cluster").
 """
@@ -79,6 +80,22 @@ def test_bench_tiny(tmp_path):
     md = subprocess.run([sys.executable, "-m", "bench.table", str(tmp_path / "results" / "tiny.json")], cwd=ROOT,
                         capture_output=True, text=True, check=True).stdout
     assert md.startswith("Machine:") and "| heatmap network" in md and "| mnist_hard" in md
+
+
+def test_bench_authors_configuration(tmp_path):
+    """The `authors` item: two MIST steps at the authors' MNIST configuration, each number as they set it."""
+    r = _bench(tmp_path, "--only", "authors", "--warmup", "0", "--repeats", "2")
+    assert set(r["items"]) == {"authors"} and {"cpu_model", "usable_cores", "torch", "device"} <= set(r["machine"])
+    a = r["items"]["authors"]
+    (row,) = a["rows"]
+    assert "error" not in row, row
+    assert (row["method"], row["task"], row["dataset"], row["batch_size"], row["n"]) == (
+        "mist", "classify", "mnist_hard", 32, 2)
+    assert _positive(row["images_per_s"]) and _positive(row["n_parameters"])
+    m, d = a["method_config"], a["dataset_config"]
+    assert (m["k"], m["sizes"], m["heat_width"], m["heat_blocks"], m["patch_res"]) == (9, [20.0], 32, 4, 32)
+    assert (m["task_levels"], m["task_blocks"], m["task_width"], m["kp_steps"]) == (5, 3, 8, 2)
+    assert (d["canvas"], d["digit_size"], d["count_range"], d["n_train"]) == (80, 20, [9, 9], 32)
 
 
 @pytest.mark.cluster

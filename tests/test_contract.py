@@ -231,6 +231,7 @@ def test_a_method_missing_tasks_fails_at_class_creation():
     (dict(name="mine", Config=_Cfg, tasks="recon"), r"MyMethod: `tasks` must be .*got 'recon'"),
     (dict(name="mine", Config=_Cfg, tasks=()), r"MyMethod: `tasks` must be"),
     (dict(name="mine", Config=_Cfg, tasks=("recon", "segment")), r"MyMethod: `tasks` must be"),
+    (dict(name="mine", Config=_Cfg, tasks=("recon",), learns=0), r"MyMethod: `learns` must be a bool.*got 0"),
 ])
 def test_method_class_checks(attrs, message):
     with pytest.raises(TypeError, match=message):
@@ -240,7 +241,7 @@ def test_method_class_checks(attrs, message):
 def test_method_class_checks_allow_inheritance_and_abstract_bases():
     parent = _define(name="mine", Config=_Cfg, tasks=("classify",))
     child = type("Variant", (parent,), {"name": "variant"})              # Config and tasks inherited
-    assert (child.name, child.Config, child.tasks) == ("variant", _Cfg, ("classify",))
+    assert (child.name, child.Config, child.tasks, child.learns) == ("variant", _Cfg, ("classify",), True)
     with pytest.raises(TypeError, match=r"Variant: `name` is missing"):
         type("Variant", (parent,), {})                                    # would pass itself off as "mine"
     abstract = type("Partial", (Method,), {})                           # abstract methods left: not checked

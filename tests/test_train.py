@@ -1,12 +1,16 @@
-"""The training loop's budget and schedule: steps are the budget, seconds only a marked safety cap, and the cosine
-schedule sets every optimiser's lr from the step alone."""
+"""The training loop's budget, schedule and resume: steps are the budget (one pass for a method with nothing to
+learn), seconds only a marked safety cap, the cosine schedule sets every optimiser's lr from the step alone, and a
+run resumed from a checkpoint trains on the batches an unbroken one would."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from mist_core.data import dataset_config, load_splits
+from mist_core.data.container import MultiInstanceData, Splits
 from mist_core.train import RunConfig, Trainer
 
 
@@ -15,8 +19,8 @@ def splits():
     return load_splits(dataset_config("mnist_hard", {"n_train": 16, "n_test": 8}), use_cache=False)
 
 
-def trainer(splits, **train) -> Trainer:
-    cfg = RunConfig(method="grid", dataset="mnist_hard", scale="smoke", dataset_params={"n_train": 16, "n_test": 8},
+def trainer(splits, method="grid", **train) -> Trainer:
+    cfg = RunConfig(method=method, dataset="mnist_hard", scale="smoke", dataset_params={"n_train": 16, "n_test": 8},
                     train={"batch_size": 4, "eval_every": 100, "eval_images": 4, "threads": 1, **train})
     return Trainer(cfg, splits=splits)
 
@@ -43,3 +47,49 @@ def test_constant_schedule_leaves_lrs_alone(splits):
 def test_the_seconds_cap_is_marked(splits):
     res = trainer(splits, max_steps=1000, max_seconds=1e-9).run(progress=False)
     assert res.metrics["step"] == 1 and res.metrics["stopped_by_seconds"] == 1.0
+
+
+def test_a_method_with_nothing_to_learn_runs_one_pass():
+    # 5 images of 1 x 2 x 2: image i is [[i/10, 0], [0, 0.1]], so the mean image is [[0.2, 0], [0, 0.1]]
+    x = np.zeros((5, 1, 2, 2), np.float32)
+    x[:, 0, 0, 0], x[:, 0, 1, 1] = np.arange(5) / 10, 0.1
+    data = MultiInstanceData(x, np.array([[[0, 0, 1, 1]]] * 5, np.float32), np.zeros((5, 1), np.int64),
+                             np.ones(5, np.int64))
+    cfg = RunConfig(method="trivial", dataset="mnist_hard", scale="smoke", dataset_params={"n_train": 5, "n_test": 5},
+                    train={"batch_size": 2, "max_steps": 1000, "eval_every": 2, "eval_images": 5, "threads": 1})
+    res = Trainer(cfg, splits=Splits(data, data)).run(progress=False)
+    assert [h["step"] for h in res.history] == [2.0, 3.0]             # ceil(5 / 2) steps, the last a batch of 1
+    assert res.metrics["stopped_by_seconds"] == 0.0 and res.trainer.method.n_seen == 5
+    assert torch.allclose(res.trainer.method.mean, torch.tensor([[[0.2, 0.0], [0.0, 0.1]]]), atol=1e-6)
+
+
+@pytest.mark.parametrize("method,steps", [("grid", 10), ("kmeans", 4), ("trivial", 4)])
+def test_only_a_learner_runs_the_whole_step_budget(splits, method, steps):
+    res = trainer(splits, max_steps=10, method=method).run(progress=False)   # 16 images of batch 4: 4 steps a pass
+    assert res.metrics["step"] == steps and res.metrics["stopped_by_seconds"] == 0.0
+
+
+def test_resume_sees_the_batches_of_an_unbroken_run(splits, tmp_path):
+    """Interrupted at step 5 (mid-pass: 4 batches a pass), saved, loaded into a fresh trainer and continued to 10:
+    the same batches as an unbroken run of 10, and the same parameters bit for bit."""
+    def recording(t: Trainer) -> list[float]:
+        seen, step = [], t.method.train_step
+        t.method.train_step = lambda b: (seen.append(float(b.images.sum())), step(b))[1]
+        return seen
+
+    a = trainer(splits, max_steps=10)
+    seen_a = recording(a)
+    a.run(progress=False)
+    b = trainer(splits, max_steps=5)
+    seen_b = recording(b)
+    b.run(progress=False)
+    torch.save(b.state_dict(), tmp_path / "state.pt")
+    c = trainer(splits, max_steps=10)
+    c.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    seen_c = recording(c)
+    c.run(progress=False)
+    assert seen_b == seen_a[:5] and seen_c == seen_a[5:] and len(set(seen_a[:4])) == 4
+    assert c.step == 10 and c.epoch == a.epoch == 3
+    for k, m in a.method.modules().items():
+        for (name, p), q in zip(m.state_dict().items(), c.method.modules()[k].state_dict().values()):
+            assert torch.equal(p, q), f"{k}.{name} differs after the resumed run"
