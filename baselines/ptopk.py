@@ -10,7 +10,7 @@ training of the selection differs:
   select  N noisy copies s + sigma Z_n (Z_n ~ N(0, I)); the hard top-K of each, Y_n (B, N, K, H*W) one-hot rows,
           never materialised: only the indices (B, N, K) are kept. E[Y] ~ mean_n Y_n (B, K, H*W).
   slots   the K rows of Y_n must mean the same thing in every copy, or E[Y] averages unrelated keypoints (see
-          order_slots): by default the selected pixels are ordered by their CLEAN score s (ties by position).
+          order_slots): the selected pixels are ordered by their CLEAN score s (ties by position).
   kp      the keypoint of slot k is the expected pixel attribute under E[Y]: position sum_i E[Y]_ki (x_i+.5, y_i+.5)
           and size sum_i E[Y]_ki size_i, size_i the response-weighted scale of pixel i as in extract_topk
           (differentiable in h_scales; with one scale it is sizes[0]). That is, patches are sampled AT the expected
@@ -23,13 +23,11 @@ training of the selection differs:
 Gradient by the perturbation identity (Berthet et al. 2020, Prop. 3.1): d E[Y(s + sigma Z)] / ds = E[Y Z^T] / sigma,
 estimated with the same N samples (PerturbedTopKFunction.backward).
 predict() is MIST's (E_K, the hard top-K: the sigma -> 0 limit), so evaluation is comparable to MIST.
-The config is MIST's plus sigma, n_samples, slot_order and baseline; MIST's lifting fields (kp_lr, kp_steps,
+The config is MIST's plus sigma and n_samples; MIST's lifting fields (kp_lr, kp_steps,
 kp_max_move, kp_accept, lam, heat_weight_temp, heat_sigma) are accepted and unused, so one set of MIST overrides
 applies to both.
 """
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 from pydantic import Field
@@ -55,35 +53,22 @@ class PerturbedTopKConfig(MISTConfig):
     # B = 32, N = 32, 80 x 80 (the (B, N, K, H*W) one-hots, 9x that, are never built); N = 32 added ~10 ms to a
     # quick step over N = 16 (1 thread), and Cordonnier et al.'s N = 500 would hold 410 MB of noise.
     n_samples: int = Field(32, ge=1)
-    slot_order: Literal["score", "position"] = "score"   # how the K slots are matched across copies (order_slots)
-    baseline: bool = False                           # leave-one-out control variate in the gradient estimator
 
 
-def order_slots(idx: Tensor, scores: Tensor, order: str) -> Tensor:
-    """Order the K selected pixels of each copy (B, N, K) so that slot k means the same thing in every copy.
+def order_slots(idx: Tensor, scores: Tensor) -> Tensor:
+    """Order the K selected pixels of each copy (B, N, K) by their CLEAN score (ties by position), so that slot k
+    means the same thing in every copy.
 
-    E[Y] is a mean over copies slot by slot, so the slots must be matched across copies. topk's own order (the
-    NOISY rank) is a poor match: two instances whose scores are within sigma swap ranks from copy to copy and both
-    slots land half-way between them (the local softmax drives every sharp peak towards 1, so such near-ties are
-    common). Two consistent orders:
-      'position' (Cordonnier et al.): by flat pixel index. A function of the selected SET only, so identical sets
-                 give identical slots. But when K exceeds the number of confident peaks (MIST: K = 9 for 1-9
-                 instances) the uncertain background picks interleave with the confident ones in raster order,
-                 and a confident instance's slot index changes with them.
-      'score' (default): by the CLEAN score s (ties by position). Also a function of the selected set for a fixed
-                 s, so identical sets give identical slots; and the copies differ mostly in their low-score picks,
-                 which sort last, so the confident peaks keep their slots. It also keeps MIST's convention that the
-                 first `count` slots are the highest-scoring (the classification loss's instance_mask), and at
-                 sigma -> 0 it is E_K's order. The order is piecewise constant in s (it changes only where two
-                 selected clean scores tie), so the perturbation gradient is the gradient of E[Y] wherever the
-                 clean scores are distinct (almost everywhere).
+    E[Y] is a mean over copies slot by slot. topk's own order (the NOISY rank) swaps two instances whose scores are
+    within sigma from copy to copy, and both slots land half-way between them. Cordonnier et al. order by pixel
+    index; with K above the number of confident peaks (K = 9 for 1-9 digits) the uncertain background picks
+    interleave with the confident ones in raster order. By clean score, the copies differ mostly in their
+    low-score picks, which sort last; the first `count` slots are the highest-scoring (the classification loss's
+    instance_mask), and at sigma -> 0 this is E_K's order. The order is piecewise constant in s, so the
+    perturbation gradient is E[Y]'s wherever the selected clean scores are distinct.
     idx (B, N, K) long, scores (B, D) clean scores -> (B, N, K) reordered.
     """
     idx = idx.sort(dim=2).values                                                    # (B, N, K) by position
-    if order == "position":
-        return idx
-    if order != "score":
-        raise ValueError(f"slot_order must be 'score' or 'position', got {order!r}")
     B, N, K = idx.shape
     sel = scores.gather(1, idx.reshape(B, N * K)).view(B, N, K)                     # (B, N, K) clean scores
     rank = sel.sort(dim=2, descending=True, stable=True).indices                    # (B, N, K) ties keep position
@@ -103,21 +88,19 @@ class PerturbedTopKFunction(torch.autograd.Function):
     where the Jacobian needs Y_nkd Z_ne for every pair (d, e), "bnkd,bne->bkde"); neither is E[Y Z^T]/sigma applied
     to g. Here the (B, K, D, D) Jacobian is never formed; tests/test_ptopk.py checks the result against the explicit
     outer-product Jacobian and against a finite difference of the exactly computed smoothed objective.
-    With `baseline`, <g, Y_n> is replaced by <g, Y_n> - mean_{m != n} <g, Y_m> (a leave-one-out control variate;
-    still unbiased since Z_n is independent of the other copies and has mean 0; needs N >= 2).
     """
 
     @staticmethod
-    def forward(ctx, scores: Tensor, k: int, sigma: float, noise: Tensor, order: str, baseline: bool) -> Tensor:
+    def forward(ctx, scores: Tensor, k: int, sigma: float, noise: Tensor) -> Tensor:
         B, D = scores.shape
         N = noise.shape[1]
         perturbed = scores[:, None, :] + sigma * noise                                # (B, N, D)
         idx = perturbed.topk(k, dim=2, sorted=False).indices                          # (B, N, K)
-        idx = order_slots(idx, scores, order)                                         # (B, N, K)
+        idx = order_slots(idx, scores)                                                # (B, N, K)
         idx_k = idx.transpose(1, 2)                                                   # (B, K, N)
         ebar = scores.new_zeros(B, k, D).scatter_add_(2, idx_k, scores.new_full(idx_k.shape, 1.0 / N))  # (B, K, D)
         ctx.save_for_backward(idx_k, noise)
-        ctx.sigma, ctx.baseline = sigma, baseline
+        ctx.sigma = sigma
         return ebar
 
     @staticmethod
@@ -125,21 +108,18 @@ class PerturbedTopKFunction(torch.autograd.Function):
         idx_k, noise = ctx.saved_tensors                                              # (B, K, N), (B, N, D)
         N = noise.shape[1]
         gy = g.gather(2, idx_k).sum(1)                                                # (B, N) <g, Y_n>
-        if ctx.baseline and N > 1:
-            gy = (gy - gy.mean(1, keepdim=True)) * (N / (N - 1))                      # leave-one-out baseline
         grad = torch.einsum("bn,bnd->bd", gy, noise) / (N * ctx.sigma)                # (B, D)
-        return grad, None, None, None, None, None
+        return grad, None, None, None
 
 
-def perturbed_topk(scores: Tensor, k: int, sigma: float, n_samples: int = 32, order: str = "score",
-                   noise: Tensor | None = None, baseline: bool = False) -> Tensor:
+def perturbed_topk(scores: Tensor, k: int, sigma: float, n_samples: int = 32, noise: Tensor | None = None) -> Tensor:
     """Expected top-K indicator (B, K, D) of scores (B, D) (all finite) under Gaussian noise of std sigma.
 
     `noise` (B, N, D) fixes the standard normal sample (default: drawn from torch's global generator, N = n_samples).
     """
     if noise is None:
         noise = torch.randn(scores.shape[0], n_samples, scores.shape[1], device=scores.device, dtype=scores.dtype)
-    return PerturbedTopKFunction.apply(scores, k, float(sigma), noise, order, baseline)
+    return PerturbedTopKFunction.apply(scores, k, float(sigma), noise)
 
 
 class PerturbedTopK(MIST):
@@ -181,19 +161,9 @@ class PerturbedTopK(MIST):
         (train_step applies keep_inside, as detect does to E_K's keypoints)."""
         c = self.cfg
         scores = self.selection_scores(h)                                               # (B, HW)
-        ebar = perturbed_topk(scores, c.k, c.sigma, c.n_samples, c.slot_order, noise, c.baseline)  # (B, K, HW)
+        ebar = perturbed_topk(scores, c.k, c.sigma, c.n_samples, noise)               # (B, K, HW)
         attrs = self.pixel_attributes(h_scales)                                         # (B, HW, 3)
         return torch.bmm(ebar, attrs), ebar, attrs                                      # (B, K, 3)
-
-    def slot_valid(self, batch: Batch, ebar: Tensor, h: Tensor) -> Tensor | None:
-        """(B, K) slots that count in the classification loss: None (TaskHead's default, the first `count` slots)
-        when the slots are score-ordered; for position order, the `count` slots of highest expected clean score."""
-        if self.task != "classify" or self.cfg.slot_order == "score":
-            return None
-        with torch.no_grad():
-            slot_score = torch.bmm(ebar, h.detach().flatten(1)[..., None])[..., 0]      # (B, K)
-            rank = slot_score.argsort(1, descending=True).argsort(1)                      # (B, K) rank of each slot
-            return rank < batch.counts[:, None]
 
     # --- training --------------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> dict[str, float]:
@@ -202,7 +172,7 @@ class PerturbedTopK(MIST):
         kp, ebar, attrs = self.perturbed_keypoints(h_scales, h)                         # (B, K, 3), (B, K, HW)
         kp = self.keep_inside(kp, H, W)                                                 # as E_K's keypoints are
         patches = sample_patches(batch.images, kp, self.cfg.patch_res)                  # (B, K, C, p, p)
-        out = self.head(patches, kp, batch, self.slot_valid(batch, ebar, h))
+        out = self.head(patches, kp, batch)                                             # slots score-ordered
         loss = out.loss.mean()
         self.opt_task.zero_grad(set_to_none=True)
         self.opt_heat.zero_grad(set_to_none=True)
