@@ -140,7 +140,10 @@ def test_unplaceable_digits_stop_with_one_error_and_no_cache_file(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_subset_keeps_types():
+def test_subset_is_the_first_n_samples_of_every_array():
     _, s = _make("mnist_hard")
     sub = s.train.subset(3)
     assert isinstance(sub, MultiInstanceData) and len(sub) == 3
+    for key, full in s.train.arrays().items():
+        part = sub.arrays()[key]
+        assert part.dtype == full.dtype and np.array_equal(part, full[:3]), key

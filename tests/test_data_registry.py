@@ -66,10 +66,17 @@ def test_default_cache_dir_follows_env_and_damaged_entry_is_rebuilt(monkeypatch,
     assert len(load_splits(cfg).train) == 2 and len(calls) == 2
 
 
-def test_preview_writes_a_png(tmp_path):
+def test_preview_draws_the_samples_and_their_boxes(tmp_path):
+    from matplotlib.image import imread
+
     s = load_splits(dataset_config("mnist_hard", {"n_train": 3, "n_test": 2}), use_cache=False)
-    path = write_preview(s, tmp_path / "p.png", n=4)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = imread(write_preview(s, tmp_path / "p.png", n=4))                  # (H, W, 4) RGBA in [0, 1]
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    assert ((g > 0.9) & (r < 0.2) & (b < 0.2)).sum() > 100                  # the lime ground-truth boxes
+    assert ((r > 0.9) & (g > 0.9) & (b > 0.9)).sum() > 100                  # white digit ink on black
+    with pytest.raises(ValueError, match="empty"):
+        write_preview(s.train.subset(0), tmp_path / "q.png")
+    assert not (tmp_path / "q.png").exists()
 
 
 @pytest.mark.parametrize("damage", ["directory", "truncated", "dangling link"])
