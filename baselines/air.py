@@ -23,15 +23,14 @@ from torch import Tensor, nn
 
 from mist_core.config import StrictConfig
 from mist_core.method import LogUniform, Method, SearchSpace
-from mist_core.mist import PRESETS as MIST_PRESETS
+from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes, paste_patches, sample_patches
 from mist_core.tasknets import PatchAutoEncoder
 from mist_core.types import Batch, DataSpec, Prediction, Task
 
 __all__ = ["AIR", "AIRConfig", "bernoulli_kl", "gaussian_kl"]
 
-TASK_KEYS = ("patch_res", "task_width", "task_levels", "task_blocks")
-AIR_PRESETS: dict[str, dict] = {                  # AIR's own sizes; the patch networks come from MIST's PRESETS
+AIR_PRESETS: dict[str, dict] = {     # AIR's own sizes; the patch networks are mist_core.presets' task networks
     "smoke": dict(hidden=32, z_what=8, enc_width=4, pres_anneal_steps=10),
     # quick: lr 3e-3 (MIST's lr_task is 1e-3): at 150 s AIR then ties the mean image (RMSE 0.240, seed 0) where 1e-3
     # gave 0.266 and 0.268 (two runs); at 300 s it beats it (0.229). MNIST hard, 1 thread, another run on the other core.
@@ -120,10 +119,10 @@ class AIR(Method):
 
     @classmethod
     def default_config(cls, scale: str) -> AIRConfig:
-        p = MIST_PRESETS[scale]
-        size = float(sorted(p["sizes"])[len(p["sizes"]) // 2])
-        return AIRConfig(**{k: p[k] for k in TASK_KEYS}, **{"lr": p["lr_task"], **AIR_PRESETS[scale]}, size_prior=size,
-                         size_min=0.5 * min(p["sizes"]), size_max=1.5 * max(p["sizes"]))
+        t, sizes = network_preset(scale).task, sorted(network_preset(scale).heatmap.sizes)
+        return AIRConfig(patch_res=t.patch_res, task_width=t.task_width, task_levels=t.task_levels,
+                         task_blocks=t.task_blocks, **{"lr": t.lr_task, **AIR_PRESETS[scale]},
+                         size_prior=float(sizes[len(sizes) // 2]), size_min=0.5 * sizes[0], size_max=1.5 * sizes[-1])
 
     @classmethod
     def search_space(cls) -> SearchSpace:

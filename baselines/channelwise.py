@@ -1,12 +1,10 @@
 """Channel-wise baseline (section 5.1 baseline 2, Table 2 "Ch.-wise"): one heatmap channel per instance.
 
-MIST's heatmap trunk (HeatmapNet's design: a 3x3 stem, `heat_blocks` ResBlocks of `heat_width` channels, no
-downsampling) at a single scale ends in K output channels instead of one. Channel k gives one location by a
-spatial soft-argmax with a temperature (Zhang et al. 2018): softmax over all H*W pixels of logits / T, then
-the expected pixel centre. A fixed-size square patch (side `size`, by default the median of MIST's `sizes`
-at that scale) is sampled there by the same S, processed by the same T_tau (MIST's PRESETS: patch_res,
-task_width, task_levels, task_blocks) and pasted back by S^-1. Everything is differentiable, so heatmap and
-task network train end to end with one Adam optimiser on the task loss (eq. 8 or eq. 9) alone.
+MIST's single-scale heatmap trunk (a 3x3 stem, `heat_blocks` ResBlocks of `heat_width` channels, no downsampling)
+ends in K channels; channel k gives one location by a spatial soft-argmax (Zhang et al. 2018: softmax of
+logits / T over all H*W pixels, then the expected pixel centre). A square patch of side `size` (default: the
+median of the scale's `sizes`) is sampled there by S, processed by MIST's T_tau and pasted back by S^-1; trunk and
+T_tau are the scale's mist_core.presets networks. All of it is differentiable: one Adam on the task loss alone.
 
 recon     eq. 8 over all K patches.
 classify  eq. 9 over each image's top-`count` channels by score (as MIST uses its top-count keypoints).
@@ -26,7 +24,7 @@ from torch import Tensor, nn
 from mist_core.config import StrictConfig
 from mist_core.heatmap import ResBlock
 from mist_core.method import LogUniform, Method, SearchSpace
-from mist_core.mist import PRESETS as MIST_PRESETS
+from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes, sample_patches
 from mist_core.task import TaskHead, TaskOutput
 from mist_core.types import Batch, DataSpec, Prediction, Task
@@ -34,8 +32,6 @@ from mist_core.types import Batch, DataSpec, Prediction, Task
 from baselines.grid import rank_mask
 
 __all__ = ["Channelwise", "ChannelwiseConfig", "ChannelHeatmap", "soft_argmax"]
-
-SHARED_KEYS = ("patch_res", "task_width", "task_levels", "task_blocks", "heat_width", "heat_blocks")
 
 
 class ChannelwiseConfig(StrictConfig):
@@ -82,9 +78,10 @@ class Channelwise(Method):
 
     @classmethod
     def default_config(cls, scale: str) -> ChannelwiseConfig:
-        p = MIST_PRESETS[scale]
-        return ChannelwiseConfig(**{k: p[k] for k in SHARED_KEYS}, lr=p["lr_task"],
-                                 size=float(statistics.median(p["sizes"])))
+        t, h = network_preset(scale).task, network_preset(scale).heatmap
+        return ChannelwiseConfig(patch_res=t.patch_res, task_width=t.task_width, task_levels=t.task_levels,
+                                 task_blocks=t.task_blocks, lr=t.lr_task, heat_width=h.heat_width,
+                                 heat_blocks=h.heat_blocks, size=float(statistics.median(h.sizes)))
 
     @classmethod
     def search_space(cls) -> SearchSpace:

@@ -1,18 +1,15 @@
 """Grid baseline (section 5.1, baseline 1): MIST's task network applied to every cell of a fixed grid.
 
-The image is split into `g` rows and round(g * W / H) columns of square cells (3 x 3 on MNIST hard; the
-constructor refuses an image whose cells would not be square, since S samples square patches). Every cell is
-one patch: S samples it at the cell centre with side = the cell side, the SAME T_tau as MIST (mist_core.mist
-.PRESETS: patch_res, task_width, task_levels, task_blocks, lr_task) processes it, and S^-1 pastes it back.
-Adjacent cells meet exactly, and S^-1's bilinear weights of two neighbouring cells sum to one across their
-shared edge, so a grid of all-ones patches pastes to an all-ones image (borders of the image aside).
+`g` rows and round(g * W / H) columns of square cells (3 x 3 on MNIST hard; non-square cells are refused: S
+samples square patches). Each cell is one patch: S samples it (the cell's centre and side), the SAME T_tau as MIST
+(the scale's mist_core.presets TaskNetPreset) processes it, and S^-1 pastes it back. Neighbouring cells' bilinear
+weights sum to one across their shared edge: all-ones patches paste to an all-ones image (away from its border).
 
-recon     eq. 8 over the g*g cells (all of them). Score of a cell = the mean of its decoded patch (the "ink"
-          the cell reconstructs): the cells that carry content rank first for the count-based metrics.
-classify  eq. 9 over the image's top-`count` cells, ranked by the mean of their input patch (ink). Choice:
-          using all cells would ask empty cells to match the label histogram (there is no background class),
-          which eq. 9 cannot satisfy; the top-count cells mirror MIST, which uses its top-count keypoints.
-          Score of a cell = that same input ink, so the metrics see the cells the loss was computed on.
+recon     eq. 8 over all g*g cells. Score of a cell = the mean of its decoded patch (the ink it reconstructs), so
+          the cells that carry content rank first for the count-based metrics.
+classify  eq. 9 over the image's top-`count` cells by input ink (the mean of the input patch), as MIST uses its
+          top-count keypoints: all cells would ask empty ones to match the label histogram (there is no background
+          class). Score of a cell = that same input ink, so the metrics see the cells the loss was computed on.
 Boxes are the cells. There is nothing to localise: the grid is the floor a detector has to beat.
 """
 from __future__ import annotations
@@ -23,14 +20,12 @@ from torch import Tensor
 
 from mist_core.config import StrictConfig
 from mist_core.method import LogUniform, Method, SearchSpace
-from mist_core.mist import PRESETS as MIST_PRESETS
+from mist_core.presets import network_preset
 from mist_core.sampler import sample_patches
 from mist_core.task import TaskHead, TaskOutput
 from mist_core.types import Batch, DataSpec, Prediction, Task
 
 __all__ = ["Grid", "GridConfig", "grid_layout", "rank_mask"]
-
-TASK_KEYS = ("patch_res", "task_width", "task_levels", "task_blocks", "lr_task")  # shared with MIST per scale
 
 
 class GridConfig(StrictConfig):
@@ -70,7 +65,9 @@ class Grid(Method):
 
     @classmethod
     def default_config(cls, scale: str) -> GridConfig:
-        return GridConfig(**{k: MIST_PRESETS[scale][k] for k in TASK_KEYS})
+        t = network_preset(scale).task
+        return GridConfig(patch_res=t.patch_res, task_width=t.task_width, task_levels=t.task_levels,
+                          task_blocks=t.task_blocks, lr_task=t.lr_task)
 
     @classmethod
     def search_space(cls) -> SearchSpace:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from mist_core.keypoints import nms
 from mist_core.method import IntRange, LogUniform, SearchSpace
-from mist_core.mist import MIST, PRESETS, MISTConfig
+from mist_core.mist import MIST, MISTConfig
 from mist_core.sampler import sample_patches
 from mist_core.types import Batch
 
@@ -128,7 +128,7 @@ class PerturbedTopK(MIST):
 
     @classmethod
     def default_config(cls, scale: str) -> PerturbedTopKConfig:
-        return PerturbedTopKConfig(**PRESETS[scale])
+        return PerturbedTopKConfig(**MIST.default_config(scale).model_dump())
 
     @classmethod
     def search_space(cls) -> SearchSpace:

@@ -1,18 +1,15 @@
 """Supervised reference (Tables 2 and 4, "Supervised"): MIST's networks trained WITH ground-truth locations.
 
-The same H_eta (HeatmapNet) and T_tau (TaskHead) as MIST at every scale (MIST's PRESETS, unchanged), but no
-lifting: the ground-truth boxes give the keypoints directly.
+MIST's H_eta (HeatmapNet) and T_tau (TaskHead) at MIST's default config, but no lifting: the boxes give the keypoints.
   x_gt = (box centre, side = max(box width, box height) clamped to MIST's [sizes[0], sizes[-1]])   (B, L, 3)
-  tau step:  Adam on the task loss of T_tau(S(I, x_gt))
-             recon:    eq. 8 over the image's real instances (padding rows are put off the canvas, where S
-                       samples zeros and S^-1 pastes nothing, so TaskHead is reused unchanged)
-             classify: per-instance cross-entropy against each box's label (`instance_labels`, default; the
-                       supervised reference knows which label belongs to which box), or eq. 9 over the
-                       real instances when instance_labels=False
+  tau step:  Adam on the task loss of T_tau(S(I, x_gt)); padding rows lie off the canvas (S samples zeros, S^-1
+             pastes nothing), so TaskHead is reused unchanged. recon: eq. 8 over the real instances; classify:
+             cross-entropy against each box's label (`instance_labels`, default: the reference knows which label
+             belongs to which box), or eq. 9 over the real instances.
   eta step:  Adam on ||G(x_gt) - H_eta(I)||^2 (MIST's stage_heatmap with unit weights; padding masked out)
-Prediction is MIST's, unchanged (E_K on the heatmap; the task network on the top-K patches).
-The config is MIST's plus `instance_labels`; MIST's lifting fields (kp_lr, kp_steps, kp_max_move, lam,
-heat_weight_temp) are accepted and unused, so one set of MIST overrides applies to both.
+Prediction is MIST's (E_K on the heatmap; the task network on the top-K patches). The config is MIST's plus
+`instance_labels`; MIST's lifting fields (kp_*, lam, heat_weight_temp) are accepted and unused, so one set of MIST
+overrides applies to both.
 """
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mist_core.method import LogUniform, SearchSpace
-from mist_core.mist import MIST, PRESETS, MISTConfig
+from mist_core.mist import MIST, MISTConfig
 from mist_core.task import instance_mask
 from mist_core.types import Batch
 
@@ -59,7 +56,7 @@ class Supervised(MIST):
 
     @classmethod
     def default_config(cls, scale: str) -> SupervisedConfig:
-        return SupervisedConfig(**PRESETS[scale])
+        return SupervisedConfig(**MIST.default_config(scale).model_dump())
 
     @classmethod
     def search_space(cls) -> SearchSpace:

@@ -3,21 +3,17 @@
 Detector  a small hourglass (U-Net: `levels` conv levels down by 2x2 max-pooling, back up by bilinear
           upsampling with skip connections) gives K+1 channels; a softmax over channels gives soft masks
           D (B, K+1, H, W); channel K is the background. Landmark k = the D_k-weighted mean pixel position.
-Losses    recon          MSE of the decoder's image (Zhang et al. use a perceptual loss on faces; MSE here,
-                         the benchmark's metric)
+Losses    recon          MSE of the decoder's image (Zhang et al.: a perceptual loss on faces; MSE is our metric)
           concentration  mean over landmarks of (var_x + var_y) of the normalised D_k, in [-1, 1] image units
                          (Zhang et al.: 2 pi e (var_x + var_y)^2, an entropy bound; the plain variance keeps
                          the same minimiser and a gentler gradient for a tiny detector)
           separation     mean over landmark pairs of exp(-|mu_k - mu_l|^2 / (2 sep_sigma^2))
-          equivariance   for a random affine theta per image (rotation, scale, shift; Zhang et al. use thin-plate
-                         splines; a random affine is what we use), I' = I warped by theta; the landmarks of I'
-                         mapped back by theta must equal the landmarks of I: |theta(mu(I')) - mu(I)|^2
+          equivariance   |theta(mu(I')) - mu(I)|^2 for I' = I warped by a random affine theta per image
+                         (rotation, scale, shift; Zhang et al. use thin-plate splines)
 Decoder   per-landmark features f_k = D_k-weighted mean of a 1x1 projection of the detector's last features,
-          layer-normalised (without it, and without the group norms in the hourglass, the features grew to
-          std ~200 within 50 quick steps, saturating the decoder's sigmoid at black for good);
-          the landmarks are rendered as isotropic Gaussians (std `sigma` pixels) at 1/4 resolution, the map
-          sum_k G_k f_k (plus the Gaussians themselves) is decoded by ResBlocks and two 2x upsamplings to the
-          image (sigmoid).
+          layer-normalised (without it and the hourglass's group norms they grow until the sigmoid saturates);
+          the landmarks, rendered as isotropic Gaussians G_k (std `sigma` px) at 1/4 resolution, and the map
+          sum_k G_k f_k are decoded by ResBlocks and two 2x upsamplings to the image (sigmoid).
 Boxes are fixed-size squares (`box_size`, by default the median of MIST's sizes) at the landmarks; scores are
 the landmark's mask mass sum_u D_k(u) / (H W) (how much of the image the landmark claims).
 """
@@ -33,13 +29,13 @@ from torch import Tensor, nn
 from mist_core.config import StrictConfig
 from mist_core.heatmap import ResBlock
 from mist_core.method import LogUniform, Method, SearchSpace
-from mist_core.mist import PRESETS as MIST_PRESETS
+from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes
 from mist_core.types import Batch, DataSpec, Prediction, Task
 
 __all__ = ["Zhang", "ZhangConfig", "landmarks", "equivariance_loss", "random_affine"]
 
-ZHANG_PRESETS: dict[str, dict] = {   # detector/decoder widths follow MIST's heat_width per scale
+ZHANG_PRESETS: dict[str, dict] = {   # detector/decoder widths follow the scale's heatmap preset (heat_width)
     "smoke": dict(levels=2, feat=4, lr=1e-3),
     # quick: decoder output bias -2 (sigmoid 0.12, about the mean ink) instead of 0 (grey 0.5, train MSE still 0.15
     # at step 100), which also lets lr 1e-3 work (with bias 0 the decoder sat at all-black for 100+ steps):
@@ -172,9 +168,8 @@ class Zhang(Method):
 
     @classmethod
     def default_config(cls, scale: str) -> ZhangConfig:
-        p = MIST_PRESETS[scale]
-        return ZhangConfig(**ZHANG_PRESETS[scale], width=p["heat_width"],
-                           box_size=float(statistics.median(p["sizes"])))
+        h = network_preset(scale).heatmap
+        return ZhangConfig(**ZHANG_PRESETS[scale], width=h.heat_width, box_size=float(statistics.median(h.sizes)))
 
     @classmethod
     def search_space(cls) -> SearchSpace:

@@ -11,6 +11,7 @@ authors' SGD at lr 1e4 on a batch-mean loss moves them by a data-dependent amoun
 """
 from __future__ import annotations
 
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -19,6 +20,7 @@ from mist_core.config import StrictConfig
 from mist_core.heatmap import HeatmapNet
 from mist_core.keypoints import extract_topk, gaussian_blur, render_heatmap
 from mist_core.method import LogUniform, Method, SearchSpace, Uniform
+from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes, sample_patches
 from mist_core.task import TaskHead, TaskOutput, instance_mask
 from mist_core.types import Batch, DataSpec, Prediction, Task
@@ -49,25 +51,14 @@ class MISTConfig(StrictConfig):
     heat_sigma: float = Field(0.0, ge=0)                     # G's target blurred by a Gaussian of this std (px)
 
 
-# lambda: the task loss is a per-pixel mean (recon: ~0.04 per image early on), so a 3 px move of the 9 keypoints'
-# 3 coordinates costs 27 * 9 * lambda; at 1e-3 (0.24) the kp_accept test refused every keypoint step
-# (measured: mean move 0.0 px over 100 quick steps), at 1e-5 the steps are taken and lower the loss.
-PRESETS: dict[str, dict] = {
-    "smoke": dict(sizes=(20.0,), patch_res=8, heat_width=4, heat_blocks=1, task_width=4, task_levels=3,
-                  task_blocks=1, lr_task=1e-3, lr_heat=1e-3),
-    # quick (figures: README "Where the reproduction stands", bench/measured/ladder/, 9-digit MNIST hard, 1,000 steps,
-    # 2 seeds): one 20 px scale, the digits' ink size (two scales (16, 24): detection 0.25 against 0.40 at step 500);
-    # 6 heatmap blocks (receptive field 29 px > a 20 px digit) and NMS window 9: the heatmap regressed to the true
-    # centres detects 0.93 (4 blocks, NMS 5: 0.84) and MIST 0.778 (0.705); G's target blurred by 1 px (a departure
-    # from appendix B's spike): 0.705 against 0.588 without, fewer patches doubled on one digit; 4 keypoint steps
-    # of up to 4 px at lr 1e5 with backtracking (digit-to-keypoint distance 8.2 -> 6.0 px over 150 steps, against
-    # 7.7 -> 7.3 with 2 steps of 3 px at 1e4)
-    "quick": dict(sizes=(20.0,), patch_res=16, heat_width=8, heat_blocks=6, nms_window=9, task_width=8,
-                  task_levels=4, task_blocks=1, lr_task=1e-3, lr_heat=1e-3, kp_lr=1e5, kp_steps=4, kp_max_move=4.0,
-                  heat_sigma=1.0),
-    "paper": dict(sizes=(16.0, 20.0, 24.0, 28.0), patch_res=32, heat_width=32, heat_blocks=4, task_width=16,
-                  task_levels=5, task_blocks=3, lr_task=1e-4, lr_heat=1e-4),
-}
+# lambda: the task loss is a per-pixel mean (recon: ~0.04 per image early on); a 3 px move of 9 keypoints' 3 coordinates
+# costs 27 * 9 * lambda: at 1e-3 (0.24) kp_accept refused every step (0 px in 100 quick steps); at 1e-5 they lower it.
+
+
+def _preset_fields(scale: str) -> dict:
+    """MIST's fields at `scale`: the shared task and heatmap networks', then its own lifting steps'."""
+    p = network_preset(scale)
+    return {**p.task.model_dump(), **p.heatmap.model_dump(), **p.mist.model_dump()}
 
 
 class MIST(Method):
@@ -77,7 +68,7 @@ class MIST(Method):
 
     @classmethod
     def default_config(cls, scale: str) -> MISTConfig:
-        return MISTConfig(**PRESETS[scale])
+        return MISTConfig(**_preset_fields(scale))
 
     @classmethod
     def search_space(cls) -> SearchSpace:

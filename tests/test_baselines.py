@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ from baselines.channelwise import Channelwise, soft_argmax
 from baselines.grid import Grid, grid_layout, rank_mask
 from baselines.supervised import Supervised, gt_keypoints, instance_nll
 from baselines.zhang import Zhang, equivariance_loss, landmarks, random_affine, warp
-from mist_core.mist import MIST, PRESETS
+from mist_core.mist import MIST
+from mist_core.presets import NETWORK_PRESETS, NetworkPreset, network_preset
+from mist_core.registry import get_method, method_names
 from mist_core.sampler import paste_patches, sample_patches
 from mist_core.types import Batch, DataSpec
 
@@ -23,6 +26,36 @@ def _batch(B=2, H=40, W=40):
     boxes = torch.tensor([[5.0, 6.0, 17.0, 18.0], [20.0, 22.0, 30.0, 36.0], [0.0, 0.0, 0.0, 0.0]]).expand(B, 3, 4)
     return Batch(torch.rand(B, 1, H, W, generator=g), torch.tensor([[3, 7, -1]]).expand(B, 3).clone(),
                  boxes.clone(), torch.full((B,), 2))
+
+
+# --- the shared network presets -------------------------------------------------------------------------------
+def _shared(method: str, p: NetworkPreset) -> dict:
+    """The fields of `method`'s default config that come from the scale's network preset `p`, as they should be."""
+    t, h, s = p.task, p.heatmap, sorted(p.heatmap.sizes)
+    nets = dict(patch_res=t.patch_res, task_width=t.task_width, task_levels=t.task_levels, task_blocks=t.task_blocks)
+    whole = {**t.model_dump(), **h.model_dump(), **p.mist.model_dump()}
+    return {"mist": whole, "supervised": whole, "ptopk": whole, "trivial": {}, "kmeans": {},
+            "grid": {**nets, "lr_task": t.lr_task}, "zhang": {"width": h.heat_width, "box_size": statistics.median(s)},
+            "channelwise": {**nets, "lr": t.lr_task, "heat_width": h.heat_width, "heat_blocks": h.heat_blocks,
+                            "size": statistics.median(s)},
+            "air": {**nets, "size_prior": s[len(s) // 2], "size_min": 0.5 * s[0], "size_max": 1.5 * s[-1]}}[method]
+
+
+def _moved(p: NetworkPreset) -> NetworkPreset:
+    """Every field of `p` changed (ints + 1, floats x 2 + 1, sizes + 2 px), so a hard-coded copy no longer matches."""
+    def bump(v):
+        return tuple(x + 2 for x in v) if isinstance(v, tuple) else v + 1 if isinstance(v, int) else 2 * v + 1
+    return NetworkPreset(**{k: {f: bump(v) for f, v in part.items()} for k, part in p.model_dump().items()})
+
+
+@pytest.mark.parametrize("scale", ["smoke", "quick", "paper"])
+@pytest.mark.parametrize("method", method_names())
+def test_default_configs_take_the_shared_fields_from_the_network_preset(method, scale, monkeypatch):
+    for preset in (NETWORK_PRESETS[scale], _moved(NETWORK_PRESETS[scale])):
+        monkeypatch.setitem(NETWORK_PRESETS, scale, preset)
+        shared = _shared(method, preset)
+        cfg = get_method(method).default_config(scale).model_dump()
+        assert {k: cfg[k] for k in shared} == shared, f"{method} at {scale}"
 
 
 # --- grid ------------------------------------------------------------------------------------------------------
@@ -93,7 +126,7 @@ def test_channelwise_trains_end_to_end(task):
     """One Adam step on the task loss moves the heatmap network (gradient through S to the soft-argmax)."""
     torch.manual_seed(0)
     m = Channelwise(Channelwise.default_config("smoke"), SPEC, task)
-    assert m.cfg.size == 20.0 and m.cfg.patch_res == PRESETS["smoke"]["patch_res"]
+    assert m.cfg.size == 20.0 and m.cfg.patch_res == network_preset("smoke").task.patch_res
     before = [p.detach().clone() for p in m.heat.parameters()]
     m.train_step(_batch())
     assert all(not torch.equal(a, p) for a, p in zip(before, m.heat.parameters()))
@@ -128,7 +161,7 @@ def test_supervised_is_mist_with_ground_truth(task):
     assert Supervised.predict is MIST.predict and issubclass(Supervised, MIST)
     torch.manual_seed(0)
     m = Supervised(Supervised.default_config("smoke"), SPEC, task)
-    assert m.cfg.model_dump().items() >= PRESETS["smoke"].items()
+    assert m.cfg.model_dump().items() >= MIST.default_config("smoke").model_dump().items()
     heat0 = [p.detach().clone() for p in m.heat.parameters()]
     out = m.train_step(_batch())
     assert set(out) == {"task", "heat"}
