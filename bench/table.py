@@ -2,7 +2,7 @@
 
     python -m bench.table bench/results/<name>.json
 
-`render(results) -> str`: one section per item present (steps, breakdown, flops, sweep, data), each a
+`render(results) -> str`: one section per item present (steps, authors, breakdown, flops, sweep, data), each a
 GitHub-flavoured table (tabulate), under a line saying what machine the numbers come from.
 """
 from __future__ import annotations
@@ -59,6 +59,18 @@ def steps_md(r: dict) -> str:
                             "peak memory (MB)", "CPU s / wall s"]))
 
 
+def authors_md(r: dict) -> str:
+    x = r["rows"][0]
+    c = r["method_config"]
+    where = (f"classify, batch {x['batch_size']}, K {c['k']}, sizes {c['sizes']}, heatmap {c['heat_blocks']} blocks of "
+             f"{c['heat_width']}, patches {c['patch_res']}, classifier {c['task_levels']} levels of {c['task_blocks']} "
+             f"blocks from {c['task_width']}, {c['kp_steps']} keypoint steps")
+    return (f"### MIST step at the authors' configuration ({where}; {r['repeats']} timed steps)\n\n"
+            + _table([[_n(x["median_ms"]), _n(x["iqr_ms"]), _n(x["images_per_s"]), _n(x["peak_mem_mb"]),
+                       _n(x["cpu_per_wall"], 2)]],
+                     ["ms/step (median)", "IQR (ms)", "images/s", "peak memory (MB)", "CPU s / wall s"]))
+
+
 def breakdown_md(r: dict) -> str:
     out = []
     for x in r["rows"]:
@@ -110,7 +122,7 @@ def data_md(r: dict) -> str:
     return "### Data generation\n\n" + _table(rows, ["dataset", "images", "images/s"])
 
 
-SECTIONS = {"steps": steps_md, "breakdown": breakdown_md, "flops": flops_md, "sweep": sweep_md, "data": data_md}
+SECTIONS = {"steps": steps_md, "authors": authors_md, "breakdown": breakdown_md, "flops": flops_md, "sweep": sweep_md, "data": data_md}
 
 
 def render(results: dict) -> str:

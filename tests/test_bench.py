@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.table import render
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("mist", "trivial")
 
@@ -96,6 +98,9 @@ def test_bench_authors_configuration(tmp_path):
     assert (m["k"], m["sizes"], m["heat_width"], m["heat_blocks"], m["patch_res"]) == (9, [20.0], 32, 4, 32)
     assert (m["task_levels"], m["task_blocks"], m["task_width"], m["kp_steps"]) == (5, 3, 8, 2)
     assert (d["canvas"], d["digit_size"], d["count_range"], d["n_train"]) == (80, 20, [9, 9], 32)
+    md = render(r)
+    assert "MIST step at the authors' configuration (classify, batch 32, K 9, sizes [20.0], heatmap 4 blocks of 32" in md
+    assert f" {row['images_per_s']:.3g} " in md.splitlines()[-1]                   # the row: images/s
 
 
 @pytest.mark.cluster
