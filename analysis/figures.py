@@ -9,6 +9,7 @@ gt_counts (N,). Detections shown per image = the top gt_count by score (all K wi
     example_figure(**np.load("predictions.npz"))                     # paper Figures 3 and 5
     methods_figure({"mist": npz_a, "grid": npz_b})                    # paper Figure 2
     heatmap_figure(**np.load("heatmaps_over_time.npz"))               # paper Figure 7 (c)
+    learning_curve_figure(rows, "recon", x="core_seconds")           # test metrics over training
     loss_figure(rows); quality_cost_figure(rows)                      # Figure 7 (a, b); quality vs cost
 """
 from __future__ import annotations
@@ -23,14 +24,17 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from analysis.paper import METHOD_LABELS, dataset_label, headline_metric, lower_is_better, method_label, metric_label
+from analysis.paper import (METHOD_LABELS, REFERENCE_METHODS, dataset_label, headline_metric, lower_is_better,
+                            method_label, metric_label)
 
-__all__ = ["to_data_uri", "example_figure", "methods_figure", "heatmap_figure", "loss_figure",
-           "quality_cost_figure", "method_color"]
+__all__ = ["to_data_uri", "example_figure", "methods_figure", "heatmap_figure", "learning_curve_figure",
+           "loss_figure", "quality_cost_figure", "method_color"]
 
 _ORDER = list(METHOD_LABELS)
+HEAT_CMAP = "magma"  # perceptually uniform, readable in grey print
 
 
 def method_color(method: str) -> str:
@@ -101,7 +105,9 @@ def example_figure(images: np.ndarray, boxes: np.ndarray, scores: np.ndarray, re
         count = None if gt_counts is None else int(gt_counts[i])
         shown = _top(scores[i], count)  # every detection counted (drawn), the first max_patches as patches
         idx = shown[:max_patches]
-        labels = None if class_probs is None else [str(int(np.argmax(class_probs[i, k]))) for k in shown]
+        # each detection labelled with its score (and its predicted class when classifying)
+        labels = [(f"{int(np.argmax(class_probs[i, k]))} " if class_probs is not None else "")
+                  + f"{float(scores[i][k]):.2f}" for k in shown]
         panels = [("input", images[i], False), ("detections", images[i], True)]
         if recon is not None:
             panels.append(("reconstruction", recon[i], patches is None))
@@ -110,14 +116,16 @@ def example_figure(images: np.ndarray, boxes: np.ndarray, scores: np.ndarray, re
         strips = 1 + (patches is not None)
         top, bottom = sub.subfigures(2, 1, height_ratios=[3, strips])
         for ax, (name, img, with_boxes) in zip(np.atleast_1d(top.subplots(1, len(panels))), panels):
-            _show(ax, img, name, cmap="magma" if name == "heatmap" else "gray", norm=name == "heatmap")
+            _show(ax, img, name, cmap=HEAT_CMAP if name == "heatmap" else "gray", norm=name == "heatmap")
+            if name == "heatmap":
+                top.colorbar(ax.images[0], ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
             if with_boxes:
                 _boxes(ax, boxes[i][shown], labels)
         if len(idx) == 0:
             continue
         axs = np.asarray(bottom.subplots(strips, len(idx), squeeze=False))
         for c, k in enumerate(idx):
-            _show(axs[0, c], _crop(np.asarray(images[i]), boxes[i, k]), labels[c] if labels else None)
+            _show(axs[0, c], _crop(np.asarray(images[i]), boxes[i, k]), labels[c])
             if patches is not None:
                 _show(axs[1, c], patches[i, k])
         axs[0, 0].set_ylabel("patch", fontsize=7)
@@ -151,18 +159,28 @@ def methods_figure(outputs: Mapping[str, Mapping[str, np.ndarray]], n_examples: 
 
 
 def heatmap_figure(steps: np.ndarray, heatmaps: np.ndarray, image: np.ndarray | None = None,
-                   max_snapshots: int = 8, title: str = "", **_: Any) -> Figure:
-    """Paper Figure 7 (c): the heatmap of one image over training, each snapshot min-max normalised alone."""
+                   max_snapshots: int = 10, title: str = "", **_: Any) -> Figure:
+    """Paper Figure 7 (c): the heatmap of one image over training, up to `max_snapshots` evenly spaced, each
+    min-max normalised alone (its shape is what changes; its scale is the method's), one shared colour bar."""
     t = np.unique(np.linspace(0, len(steps) - 1, min(max_snapshots, len(steps))).round().astype(int))
+    h = np.asarray(heatmaps, dtype=np.float64)[t]                               # (T, H, W)
+    lo, hi = h.min(axis=(1, 2), keepdims=True), h.max(axis=(1, 2), keepdims=True)
+    h = (h - lo) / np.where(hi > lo, hi - lo, 1.0)
     ncol = len(t) + (image is not None)
-    fig = Figure(figsize=(1.5 * ncol, 1.9), layout="constrained")
+    fig = Figure(figsize=(1.5 * ncol + 0.6, 1.9), layout="constrained")
     if title:
         fig.suptitle(title, fontsize=10)
     axs = np.atleast_1d(fig.subplots(1, ncol))
     if image is not None:
         _show(axs[0], image, "image")
-    for ax, j in zip(axs[ncol - len(t):], t):
-        _show(ax, heatmaps[j], f"step {int(steps[j])}", cmap="magma", norm=True)
+    for ax, j, hj in zip(axs[ncol - len(t):], t, h):
+        ax.imshow(hj, cmap=HEAT_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"step {int(steps[j])}", fontsize=8)
+    bar = fig.colorbar(axs[-1].images[0], ax=list(axs[ncol - len(t):]), shrink=0.85, pad=0.01)
+    bar.set_label("heatmap, min-max\nper snapshot", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
     return fig
 
 
@@ -173,15 +191,70 @@ def _key(method: str) -> tuple[int, str]:
     return (_ORDER.index(method) if method in _ORDER else len(_ORDER), method)
 
 
-def _legend(fig: Figure, methods: Sequence[str], phases: Sequence[str] = ()) -> None:
-    """One legend for the whole figure, below it: a colour per method (and a marker per phase)."""
-    h = [Line2D([], [], color=method_color(m), lw=2, label=method_label(m)) for m in methods]
+def _legend(fig: Figure, methods: Sequence[str], phases: Sequence[str] = (), extra: Sequence[Any] = ()) -> None:
+    """One legend for the whole figure, below it: a colour per method (dashed: a reference method), a marker per
+    phase, and any `extra` handles."""
+    h = [Line2D([], [], color=method_color(m), lw=2, ls="--" if m in REFERENCE_METHODS else "-",
+                label=method_label(m) + (" (reference)" if m in REFERENCE_METHODS else "")) for m in methods]
     h += [Line2D([], [], color="0.4", marker=_MARK.get(p, "s"), ls="", label=f"{p} trial") for p in phases]
+    h += list(extra)
     fig.legend(handles=h, loc="outside lower center", ncols=min(len(h), 8), fontsize=7, frameon=False)
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
     return [(k, g) for k, g in df.groupby(["dataset", "task"], sort=True)]
+
+
+CURVE_METRICS = {"recon": ("rmse", "det_rate"), "classify": ("cls_acc", "det_rate")}
+CURVE_X = {"step": "training steps", "core_seconds": "training core-seconds"}
+
+
+def learning_curve_figure(df: pd.DataFrame, task: str, x: str = "step",
+                          metrics: Sequence[str] | None = None) -> Figure | None:
+    """Test metrics over training for every method of `task`: one panel per (dataset, metric) against `x` ("step"
+    or "core_seconds", log axis so that cheap and costly methods both show), at each evaluation the mean over trials
+    (the seeds phase where a (dataset, method) has one) as a line and their min-max as a band. Reference methods
+    are dashed lines at their final mean: a learned method is read against them, and their cost is ~0."""
+    metrics = tuple(metrics or CURVE_METRICS.get(task, ("rmse", "det_rate")))
+    d = df[(df["task"] == task) & df["metric"].isin(metrics)]
+    if d.empty:
+        return None
+    seeds = d.groupby(["dataset", "method"])["phase"].transform(lambda p: (p == "seeds").any())
+    d = d[~seeds | (d["phase"] == "seeds")].assign(final=lambda t: t["final"].astype(bool))
+    # the final evaluation (all test images) replaces an interim one (a subset) at the same step
+    d = d.sort_values("final", kind="stable").drop_duplicates(["trial", "step", "metric"], keep="last")
+    datasets = sorted(d["dataset"].unique())
+    fig = Figure(figsize=(3.6 * len(metrics), 2.8 * len(datasets) + 0.6), layout="constrained")
+    fig.suptitle(f"{task}: test metrics against {CURVE_X.get(x, x)}", fontsize=10)
+    axs = np.asarray(fig.subplots(len(datasets), len(metrics), squeeze=False))
+    for (ds, metric), ax in zip([(a, b) for a in datasets for b in metrics], axs.flat):
+        p = d[(d["dataset"] == ds) & (d["metric"] == metric)]
+        if p.empty:
+            ax.set_axis_off()
+            continue
+        for method, g in sorted(p.groupby("method"), key=lambda kv: _key(kv[0])):
+            c = method_color(method)
+            if method in REFERENCE_METHODS:
+                ax.axhline((g[g["final"]] if g["final"].any() else g)["value"].mean(), color=c, ls="--", lw=1.2)
+                continue
+            a = g.groupby("step").agg(x=(x, "mean"), y=("value", "mean"), lo=("value", "min"), hi=("value", "max"))
+            a = a[a["x"] > 0]  # a log axis has no place for 0
+            ax.fill_between(a["x"], a["lo"], a["hi"], color=c, alpha=0.2, lw=0)
+            ax.plot(a["x"], a["y"], color=c, lw=1.5, marker="o", ms=2.5)
+        ax.set_xscale("log")
+        # plain numbers at 1, 2, 5 x 10^k: a run of 1,000 steps spans one decade, which 10^k ticks leave unlabelled
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        arrow = "lower is better" if lower_is_better(metric) else "higher is better"
+        ax.set_title(f"{dataset_label(ds)}: {metric_label(metric)}", fontsize=9)
+        ax.set_xlabel(f"{CURVE_X.get(x, x)} (log)", fontsize=8)
+        ax.set_ylabel(arrow, fontsize=8)
+        ax.tick_params(labelsize=8, which="both")
+        ax.grid(alpha=0.3, which="both")
+    band = Patch(color="0.5", alpha=0.3, label="min-max over seeds")
+    _legend(fig, sorted(d["method"].unique(), key=_key), extra=[band])
+    return fig
 
 
 def loss_figure(df: pd.DataFrame, max_cols: int = 4) -> Figure | None:

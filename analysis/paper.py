@@ -76,6 +76,11 @@ class TableSpec:
     headline: str = "rmse"  # the metric plotted against cost
     extra: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def config(self) -> str:
+        """The sweep config that runs this table (named in the report when the table has no results)."""
+        return f"sweeps/configs/table{self.id}.yaml"
+
 
 def _grid(rows: tuple[Row, ...], cols: tuple[Column, ...], values: list[list[float | None]]
           ) -> dict[tuple[str, str], float | None]:

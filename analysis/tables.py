@@ -13,20 +13,30 @@ finite value. A missing method, dataset or seed never raises: the cell reads "�
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from analysis.paper import METHOD_LABELS, REFERENCE_METHODS, TABLES, TableSpec, dataset_label, method_label
+from analysis.paper import (METHOD_LABELS, REFERENCE_METHODS, TABLES, Column, TableSpec, dataset_label,
+                            lower_is_better, method_label, metric_label)
 
-__all__ = ["REQUIRED_COLUMNS", "MISSING", "check_rows", "final_rows", "select_trials", "trial_values",
-           "table_cells", "format_ours", "format_table", "all_tables", "trial_summary", "cost_table", "format_cost",
+__all__ = ["REQUIRED_COLUMNS", "MISSING", "NOT_RUN", "PAPER_NONE", "FLAG", "LEGEND", "check_rows", "final_rows",
+           "select_trials", "trial_values", "table_cells", "format_ours", "format_table", "all_tables", "per_trial",
+           "method_stats", "bar_flags", "TableView", "table_view", "trial_summary", "cost_table", "format_cost",
            "method_summary", "format_summary", "to_markdown", "to_html", "to_latex"]
 
 REQUIRED_COLUMNS = ("sweep", "trial", "phase", "method", "dataset", "table", "task", "scale", "seed", "step",
                     "final", "metric", "value", "core_seconds", "wall_seconds")
-MISSING = "—"
+NOT_RUN = "—"     # no result in these rows: the method, dataset or table did not run
+PAPER_NONE = "∅"  # the paper prints no number for this cell
+FLAG = "†"        # does not beat the reference line in this column (the note says which)
+MISSING = NOT_RUN
 SUB = ("ours", "paper", "Δ")
+LEGEND = (f"{NOT_RUN} = not run here (no result in these rows); {PAPER_NONE} = the paper reports no number; "
+          f"{FLAG} = does not beat the reference line in that column (the note names it). Shaded rows below the "
+          "line are reference methods, no competitors: the mean image (Trivial) and k-means of ink pixels with "
+          "no learning (k-means floor).")
 
 
 def check_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -99,7 +109,7 @@ def format_table(cells: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     wide = pd.DataFrame(MISSING, index=pd.Index([r.label for r in spec.rows]), columns=cols, dtype=object)
     for c in cells.itertuples(index=False):
         wide.loc[c.row, (c.column, SUB[0])] = format_ours(c.mean, c.std, c.n, d)
-        wide.loc[c.row, (c.column, SUB[1])] = "-" if not np.isfinite(c.paper) else f"{c.paper:.{d}f}"
+        wide.loc[c.row, (c.column, SUB[1])] = PAPER_NONE if not np.isfinite(c.paper) else f"{c.paper:.{d}f}"
         wide.loc[c.row, (c.column, SUB[2])] = _num(c.diff, d, sign=True)
     return wide
 
@@ -114,58 +124,169 @@ def all_tables(df: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]
     return out
 
 
-SUMMARY_METRICS = (("rmse", "RMSE"), ("det_rate", "detection (IoU .5)"), ("cls_acc", "classif."), ("both", "Both"))
+TASK_METRICS = {"recon": ("rmse", "det_rate", "ap_iou50"), "classify": ("det_rate", "cls_acc", "both", "ap_iou50")}
+SHORT_LABELS = {"rmse": "RMSE", "det_rate": "detection (IoU .5)", "ap_iou50": "AP@.5", "cls_acc": "classif.",
+                "both": "both"}
+SUMMARY_METRICS = tuple((m, SHORT_LABELS[m]) for m in ("rmse", "det_rate", "ap_iou50", "cls_acc", "both"))
+# (metric, the reference method a competitor must beat in it, the note when it does not)
+BARS = (("rmse", "trivial", "RMSE not below the mean image's"),
+        ("det_rate", "kmeans", "detection not above the k-means floor"))
+
+
+def per_trial(f: pd.DataFrame) -> pd.DataFrame:
+    """Final rows -> one row per (trial, metric): the trial's last final value with its step and core_seconds."""
+    return f.sort_values(["trial", "step"], kind="stable").drop_duplicates(["trial", "metric"], keep="last")
+
+
+def method_stats(g: pd.DataFrame, metrics: tuple[str, ...], scale: float = 1.0) -> dict[str, float]:
+    """One method's per-trial rows -> trials, steps (the most any trial ran), core_seconds (mean per trial) and,
+    per metric, mean, sample std (ddof=1) and n over the trials with a finite value, times `scale`."""
+    out: dict[str, float] = {"trials": g["trial"].nunique(), "steps": int(g["step"].max()) if len(g) else 0,
+                             "core_seconds": float(g.groupby("trial")["core_seconds"].max().mean()) if len(g)
+                             else math.nan}
+    for m in metrics:
+        v = g.loc[g["metric"] == m, "value"].astype(float) * scale
+        v = v[np.isfinite(v)]
+        out[m] = float(v.mean()) if len(v) else math.nan
+        out[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        out[f"{m}_n"] = len(v)
+    return out
+
+
+def bar_flags(stats: dict[str, dict[str, float]], decimals: int = 3) -> dict[str, list[tuple[str, str]]]:
+    """{competitor: [(metric, note)]} for every BARS metric in which its mean does not beat the reference's mean
+    (methods of one task and dataset; `stats` as method_stats gives them). Reference methods are never flagged."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for method, st in stats.items():
+        if method in REFERENCE_METHODS:
+            continue
+        for metric, ref, note in BARS:
+            bar, v = stats.get(ref, {}).get(metric, math.nan), st.get(metric, math.nan)
+            if np.isfinite(bar) and np.isfinite(v) and not (v < bar if lower_is_better(metric) else v > bar):
+                out.setdefault(method, []).append((metric, f"{note} ({bar:.{decimals}f})"))
+    return out
+
+
+def _mean_cell(st: dict[str, float], m: str, d: int, flagged: bool) -> str:
+    """'0.850 ± 0.050', '(n=k)' when fewer trials than the method's have it, FLAG when flagged; NOT_RUN if none."""
+    v, s, n = st.get(m, math.nan), st.get(f"{m}_std", math.nan), st.get(f"{m}_n", 0)
+    if not np.isfinite(v):
+        return NOT_RUN
+    text = f"{v:.{d}f}" + (f" ± {s:.{d}f}" if np.isfinite(s) else "")
+    return text + (f" (n={n})" if n < st["trials"] else "") + (f" {FLAG}" if flagged else "")
+
+
+@dataclass
+class TableView:
+    """A paper table as the report shows it: one row per (dataset, method), competitors first, then the
+    reference methods that ran (`classes` marks their cells "ref", the first of a block "ref refstart", and a
+    flagged cell "flag"); `not_run` the table's datasets with no result; `flags` one sentence per flag."""
+    frame: pd.DataFrame
+    classes: pd.DataFrame
+    not_run: list[str]
+    flags: list[str]
+
+
+def table_view(df: pd.DataFrame, spec: TableSpec) -> TableView:
+    """Every metric of the table's task per method (the paper's: ours | paper | Δ; the others: ours), steps,
+    core-seconds per trial and notes; trials selected as `table_cells` selects them."""
+    df = final_rows(check_rows(df))
+    datasets = list(dict.fromkeys(r.dataset for r in spec.rows))
+    paper_metrics = list(dict.fromkeys(r.metric for r in spec.rows))
+    extras = tuple(m for m in TASK_METRICS.get(spec.task, ()) if m not in paper_metrics)
+    one = len(datasets) == 1  # then the paper's row labels name the metric columns (Table 2: IoU 50%, Classif.)
+    head = {r.metric: (r.label if one else SHORT_LABELS.get(r.metric, metric_label(r.metric))) for r in spec.rows}
+    cols = ([] if one else [("dataset", "")]) + [("method", ""), ("trials", "")]
+    cols += [(head[m], sub) for m in paper_metrics for sub in SUB] + [(SHORT_LABELS[m], SUB[0]) for m in extras]
+    cols += [("steps", ""), ("core-s / trial", ""), ("note", "")]
+    d = spec.decimals
+    row_of = {(r.dataset, r.metric): r.label for r in spec.rows}
+    rows, classes, not_run, flags = [], [], [], []
+    for ds in datasets:
+        methods = [c.method for c in spec.columns] + [m for m in REFERENCE_METHODS
+                                                      if m not in {c.method for c in spec.columns}]
+        g = {m: per_trial(select_trials(df, spec.id, spec.task, ds, m)) for m in methods}
+        if all(x.empty for x in g.values()):
+            not_run.append(dataset_label(ds))
+            continue
+        stats = {m: method_stats(x, (*paper_metrics, *extras), spec.scale) for m, x in g.items()}
+        bars = bar_flags({m: st for m, st in stats.items() if not g[m].empty}, d)
+        first_ref = True
+        for col in [*spec.columns, *(Column(method_label(m), m) for m in methods[len(spec.columns):])]:
+            st, ref = stats[col.method], col.method in REFERENCE_METHODS
+            if ref and g[col.method].empty:
+                continue
+            flagged = dict(bars.get(col.method, []))
+            row = ([] if one else [dataset_label(ds)]) + [col.label + (" (reference)" if ref else ""),
+                                                        str(st["trials"])]
+            for m in paper_metrics:
+                paper = spec.paper.get((row_of.get((ds, m)), col.label))
+                diff = st[m] - paper if paper is not None else math.nan
+                row += [_mean_cell(st, m, d, m in flagged), PAPER_NONE if paper is None else f"{paper:.{d}f}",
+                        (NOT_RUN if not np.isfinite(st[m]) else PAPER_NONE) if not np.isfinite(diff)
+                        else f"{diff:+.{d}f}"]
+            row += [_mean_cell(st, m, d, m in flagged) for m in extras]
+            row += [f"{st['steps']:,}" if st["trials"] else NOT_RUN,
+                    f"{st['core_seconds']:,.1f}" if np.isfinite(st["core_seconds"]) else NOT_RUN,
+                    "; ".join(flagged.values())]
+            rows.append(row)
+            heads = [head[m] for m in paper_metrics if m in flagged] + [SHORT_LABELS[m] for m in extras if m in flagged]
+            classes.append(["ref" + (" refstart" if first_ref else "") if ref else "" for _ in cols])
+            for i, c in enumerate(cols):
+                if c[1] == SUB[0] and c[0] in heads:
+                    classes[-1][i] = "flag"
+            first_ref = first_ref and not ref
+            for metric, note in flagged.items():
+                flags.append(f"{method_label(col.method)} on {dataset_label(ds)}: {note}.")
+    index = pd.MultiIndex.from_tuples(cols)
+    return TableView(pd.DataFrame(rows, columns=index, dtype=object),
+                     pd.DataFrame(classes, columns=index, dtype=object), not_run, flags)
 
 
 def method_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Every (task, dataset, method) of the rows: final test metrics (mean ± std over trials, seeds phase when there
-    is one), steps; competitors first, then the reference methods, marked. A competitor whose RMSE is not below the
-    mean image's, or whose detection is not above the non-learned floor's, is flagged in `note`."""
+    is one), steps, core-seconds per trial; competitors first, then the reference methods, marked. A competitor
+    that does not beat a reference line (BARS) is flagged in `note` and its metric listed in `flagged`."""
     f = final_rows(check_rows(df))
     if (f["phase"] == "seeds").any():
         f = f[f["phase"] == "seeds"]
-    per_trial = (f.sort_values(["trial", "step"], kind="stable")
-                  .drop_duplicates(["trial", "metric"], keep="last"))
+    metrics = tuple(m for m, _ in SUMMARY_METRICS)
     rows = []
-    for (task, dataset, method), g in per_trial.groupby(["task", "dataset", "method"], sort=True):
-        vals = {m: g.loc[g["metric"] == m, "value"].astype(float) for m, _ in SUMMARY_METRICS}
-        vals = {m: v[np.isfinite(v)] for m, v in vals.items()}
-        rows.append({"task": task, "dataset": dataset, "method": method,
-                     "reference": method in REFERENCE_METHODS, "trials": g["trial"].nunique(),
-                     "steps": int(g["step"].max()),
-                     **{m: (float(v.mean()) if len(v) else math.nan) for m, v in vals.items()},
-                     **{f"{m}_std": (float(v.std(ddof=1)) if len(v) > 1 else math.nan) for m, v in vals.items()}})
+    for (task, dataset), gd in per_trial(f).groupby(["task", "dataset"], sort=True):
+        stats = {m: method_stats(g, metrics) for m, g in gd.groupby("method", sort=True)}
+        bars = bar_flags(stats)
+        for method, st in stats.items():
+            ref = method in REFERENCE_METHODS
+            flagged = bars.get(method, [])
+            rows.append({"task": task, "dataset": dataset, "method": method, "reference": ref, **st,
+                         "flagged": ",".join(m for m, _ in flagged),
+                         "note": "reference, not a competitor" if ref else "; ".join(n for _, n in flagged)})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    notes = []
-    for r in out.itertuples(index=False):
-        ref = out[(out["task"] == r.task) & (out["dataset"] == r.dataset)]
-        flags = []
-        if not r.reference:
-            triv = ref.loc[ref["method"] == "trivial", "rmse"]
-            floor = ref.loc[ref["method"] == "kmeans", "det_rate"]
-            if len(triv) and np.isfinite(r.rmse) and not r.rmse < float(triv.iloc[0]):
-                flags.append("RMSE not below the mean image's")
-            if len(floor) and np.isfinite(r.det_rate) and not r.det_rate > float(floor.iloc[0]):
-                flags.append("detection not above the k-means floor")
-        notes.append("reference, not a competitor" if r.reference else "; ".join(flags))
-    out["note"] = notes
     order = {m: i for i, m in enumerate(METHOD_LABELS)}
     return out.sort_values(["task", "dataset", "reference", "method"], ignore_index=True,
                            key=lambda c: c.map(order).fillna(len(order)) if c.name == "method" else c)
 
 
-def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """Readable method summary: 'mean ± std' strings, labels; — where a method has no such metric."""
-    def cell(r, m):
-        v, s = getattr(r, m), getattr(r, f"{m}_std")
-        return MISSING if not np.isfinite(v) else f"{v:.3f}" + (f" ± {s:.3f}" if np.isfinite(s) else "")
-    return pd.DataFrame([{"task": r.task, "dataset": dataset_label(r.dataset),
-                          "method": method_label(r.method) + (" (reference)" if r.reference else ""),
-                          "trials": r.trials, "steps": f"{r.steps:,}",
-                          **{label: cell(r, m) for m, label in SUMMARY_METRICS}, "note": r.note}
-                         for r in summary.itertuples(index=False)])
+def format_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(readable summary, its cells' CSS classes as in TableView): 'mean ± std' strings with FLAG where flagged,
+    labels; the metric columns no row has are left out."""
+    metrics = [(m, label) for m, label in SUMMARY_METRICS if summary[m].notna().any()]
+    rows, classes = [], []
+    for i, r in enumerate(summary.itertuples(index=False)):
+        st, flagged = r._asdict(), set(filter(None, str(r.flagged).split(",")))
+        rows.append({"task": r.task, "dataset": dataset_label(r.dataset),
+                     "method": method_label(r.method) + (" (reference)" if r.reference else ""),
+                     "trials": r.trials, "steps": f"{r.steps:,}",
+                     "core-s / trial": f"{r.core_seconds:,.1f}" if np.isfinite(r.core_seconds) else NOT_RUN,
+                     **{label: _mean_cell(st, m, 3, m in flagged) for m, label in metrics}, "note": r.note})
+        start = r.reference and (i == 0 or not summary["reference"].iloc[i - 1]
+                                 or summary["dataset"].iloc[i - 1] != r.dataset)
+        cls = "ref refstart" if start else "ref" if r.reference else ""
+        classes.append({k: ("flag" if any(k == lab and m in flagged for m, lab in metrics) else cls)
+                        for k in rows[-1]})
+    return pd.DataFrame(rows), pd.DataFrame(classes)
 
 
 def trial_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -211,7 +332,7 @@ def to_markdown(wide: pd.DataFrame, index: bool = True) -> str:
     """GitHub Markdown. Uses DataFrame.to_markdown (needs `tabulate`); without it, a minimal pipe table."""
     flat = _flat(wide).fillna(MISSING).astype(str)
     try:
-        return flat.to_markdown(index=index)
+        return flat.to_markdown(index=index, disable_numparse=True)  # keeps '+0.8' and '1,000' as formatted
     except ImportError:  # tabulate is not installed: same content, no column alignment
         cols = ([""] if index else []) + list(flat.columns)
         rows = [([str(i)] if index else []) + list(r) for i, r in zip(flat.index, flat.itertuples(index=False))]
@@ -220,10 +341,16 @@ def to_markdown(wide: pd.DataFrame, index: bool = True) -> str:
                          + ["| " + " | ".join(r) + " |" for r in esc[1:]])
 
 
-def to_html(wide: pd.DataFrame, index: bool = True) -> str:
-    """HTML via DataFrame.to_html; 'mean ± std' is kept on one line, so a narrow page wraps only before '(n='."""
-    return (wide.to_html(index=index, na_rep=MISSING, border=0, classes="result", escape=True)
-            .replace(" ± ", "&nbsp;±&nbsp;"))
+def to_html(wide: pd.DataFrame, index: bool = True, classes: pd.DataFrame | None = None) -> str:
+    """HTML via DataFrame.to_html, or pandas' Styler when `classes` (CSS classes per cell, as TableView.classes)
+    are given; 'mean ± std' is kept on one line, so a narrow page wraps only before '(n='."""
+    if classes is None:
+        out = wide.to_html(index=index, na_rep=MISSING, border=0, classes="result", escape=True)
+    else:
+        sty = wide.style.set_td_classes(classes).format(escape="html", na_rep=MISSING)
+        sty = sty.format_index(escape="html", axis=1)
+        out = (sty if index else sty.hide(axis="index")).to_html(table_attributes='class="result"')
+    return out.replace(" ± ", "&nbsp;±&nbsp;")
 
 
 def to_latex(wide: pd.DataFrame, caption: str | None = None, label: str | None = None, index: bool = True) -> str:
@@ -232,4 +359,5 @@ def to_latex(wide: pd.DataFrame, caption: str | None = None, label: str | None =
     cap = None if caption is None else "".join(esc.get(ch, ch) for ch in caption)  # to_latex leaves it raw
     tex = wide.fillna(MISSING).to_latex(index=index, caption=cap, label=label, escape=True, multicolumn=True,
                                         multicolumn_format="c", column_format="l" * index + "r" * wide.shape[1])
-    return tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("—", "--")
+    return (tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace(NOT_RUN, "--")
+            .replace(PAPER_NONE, r"$\emptyset$").replace(FLAG, r"$\dagger$"))

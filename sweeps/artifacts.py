@@ -3,8 +3,10 @@
   predictions.npz        the first N_EXAMPLES test images with the final predictions on them (analysis.figures
                          example_figure / methods_figure: images, boxes, scores, gt_counts, and recon, class_probs,
                          patches, heatmap where the method has them)
-  heatmaps_over_time.npz the heatmap of the first test image at every report (paper Figure 7 c): steps (T,),
-                         heatmaps (T, H, W), image (C, H, W); only for methods that output a heatmap
+  heatmaps_over_time.npz the heatmap of the first test image over training (paper Figure 7 c): steps (T,),
+                         heatmaps (T, H, W), image (C, H, W); a snapshot at every report (each evaluation and the
+                         end: 10 at the quick preset), at most MAX_SNAPSHOTS evenly spaced ones, the first and the
+                         last always; only for methods that output a heatmap
 
 MLflow holds the same predictions as a run artifact; these copies keep the report independent of a tracking
 server. Written atomically through pyarrow's filesystems (local paths and s3:// alike). A trial resumed from a
@@ -20,9 +22,10 @@ import torch
 from sweeps.results import write_atomic
 from sweeps.store import join
 
-__all__ = ["N_EXAMPLES", "HeatmapHistory", "prediction_arrays", "write_npz"]
+__all__ = ["N_EXAMPLES", "MAX_SNAPSHOTS", "HeatmapHistory", "prediction_arrays", "write_npz"]
 
 N_EXAMPLES = 8
+MAX_SNAPSHOTS = 12
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -44,7 +47,8 @@ def prediction_arrays(pred, data, n: int = N_EXAMPLES) -> dict[str, np.ndarray]:
 
 
 class HeatmapHistory:
-    """The first test image's heatmap at each report; `add` costs one single-image prediction."""
+    """The first test image's heatmap at each report; `add` costs one single-image prediction. Reports are evenly
+    spaced in steps, so `evenly_spaced` picks every k-th; all are kept until `write` (one (H, W) float16 map each)."""
 
     def __init__(self, data):
         self.batch = data.batch(slice(0, 1))
@@ -62,7 +66,13 @@ class HeatmapHistory:
             self.steps.append(step)
             self.maps.append(heat[0].float().cpu().numpy().astype(np.float16))   # (H, W)
 
+    def evenly_spaced(self, cap: int = MAX_SNAPSHOTS) -> np.ndarray:
+        """Indices of at most `cap` snapshots evenly spaced over the history, the first and the last included."""
+        return np.unique(np.linspace(0, len(self.maps) - 1, min(cap, len(self.maps))).round().astype(int))
+
     def write(self, trial_dir: str) -> None:
         if self.maps:
+            keep = self.evenly_spaced()
             write_npz(join(trial_dir, "heatmaps_over_time.npz"),
-                      {"steps": np.asarray(self.steps), "heatmaps": np.stack(self.maps), "image": self.image})
+                      {"steps": np.asarray(self.steps)[keep], "heatmaps": np.stack(self.maps)[keep],
+                       "image": self.image})

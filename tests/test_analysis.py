@@ -14,15 +14,18 @@ from scipy import stats
 from analysis import compare, paper, report, tables
 
 # Final values: (table, task, dataset, method) -> {seed: {metric: value}}. grid lacks seed 2 on MNIST hard;
-# channel-wise, AIR, Zhang and every other table's methods are missing entirely.
+# channel-wise, AIR, Zhang and Tables 3-4 are missing entirely; trivial and kmeans are the reference lines.
 FINAL = {
     ("1", "recon", "mnist_easy", "mist"): {0: {"rmse": 0.040, "det_rate": 0.90}, 1: {"rmse": 0.042, "det_rate": 0.92},
                                            2: {"rmse": 0.044, "det_rate": 0.94}},
     ("1", "recon", "mnist_easy", "grid"): {0: {"rmse": 0.050, "det_rate": 0.10}, 1: {"rmse": 0.053, "det_rate": 0.11},
                                            2: {"rmse": 0.053, "det_rate": 0.12}},
-    ("1", "recon", "mnist_hard", "mist"): {0: {"rmse": 0.050, "det_rate": 0.80}, 1: {"rmse": 0.060, "det_rate": 0.85},
-                                           2: {"rmse": 0.070, "det_rate": 0.90}},
+    ("1", "recon", "mnist_hard", "mist"): {0: {"rmse": 0.045, "det_rate": 0.80, "ap_iou50": 0.70},
+                                           1: {"rmse": 0.055, "det_rate": 0.85, "ap_iou50": 0.72},
+                                           2: {"rmse": 0.065, "det_rate": 0.90, "ap_iou50": 0.74}},
     ("1", "recon", "mnist_hard", "grid"): {0: {"rmse": 0.065, "det_rate": 0.2}, 1: {"rmse": 0.055, "det_rate": 0.3}},
+    ("1", "recon", "mnist_hard", "trivial"): {0: {"rmse": 0.057, "det_rate": 0.0}, 1: {"rmse": 0.059, "det_rate": 0.0}},
+    ("1", "recon", "mnist_hard", "kmeans"): {0: {"rmse": 0.030, "det_rate": 0.5}, 1: {"rmse": 0.030, "det_rate": 0.5}},
     ("2", "classify", "mnist_hard", "mist"): {0: {"det_rate": 0.97, "cls_acc": 0.99}, 1: {"det_rate": 0.98, "cls_acc": 0.99},
                                               2: {"det_rate": 0.99, "cls_acc": 0.99}},
 }
@@ -42,7 +45,8 @@ def _rows() -> pd.DataFrame:
             core = 10.0 * (seed + 1)
             for step, loss in ((10, 1.0 + seed), (20, 0.5 + seed)):  # training curves, then the final evaluation
                 add(trial, "seeds", table, task, dataset, method, seed, step, False, "train_task", loss, core * step / 20)
-            for metric, value in mets.items():
+            for metric, value in mets.items():  # an interim evaluation at step 10 (1.5x), the final one at 20
+                add(trial, "seeds", table, task, dataset, method, seed, 10, False, metric, 1.5 * value, core / 2)
                 add(trial, "seeds", table, task, dataset, method, seed, 20, True, metric, value, core)
     # a search trial: counted in cost, never in the tables (a seeds phase exists)
     add("mist_easy_search0", "search", "1", "recon", "mnist_easy", "mist", 0, 20, True, "rmse", 0.5, 7.0)
@@ -54,38 +58,59 @@ def _cell(cells: pd.DataFrame, row: str, column: str) -> pd.Series:
     return cells[(cells["row"] == row) & (cells["column"] == column)].iloc[0]
 
 
-def test_paper_numbers_are_encoded() -> None:
-    t = paper.TABLES
-    assert t["1"].paper[("MNIST hard", "Grid")] == 0.062 and t["1"].paper[("Gabor", "Grid")] is None
-    assert t["2"].paper[("Both", "Ch.-wise")] == 24.8 and t["3"].paper[("{6, 7, 8, 9}", "MIST (AP@IoU .50)")] == 90.1
-    assert t["4"].paper[("AP@IoU .90", "Supervised")] == 11.0 and len(t["4"].rows) == 6
+PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "paper" / "mist-paper.txt"
+
+
+@pytest.mark.skipif(not PAPER_TEXT.is_file(), reason=f"no paper text at {PAPER_TEXT}")
+def test_paper_numbers_match_the_paper_text() -> None:
+    """Every row of every TableSpec, printed as the paper prints it ('MNIST hard .053 .062 ...', 'IOU 50% 97.8% ...',
+    '-' for None), is a line of the paper's text: a mistyped, swapped or missing number fails."""
+    lines = {" ".join(ln.split()) for ln in PAPER_TEXT.read_text(encoding="utf-8").splitlines()}
+    key = lambda t: re.sub(r"[^0-9a-z]", "", t.lower())  # noqa: E731  'AP@IoU .50' and 'APIoU=.50' alike
+    for spec in paper.TABLES.values():
+        for row in spec.rows:
+            vals = [spec.paper[(row.label, c.label)] for c in spec.columns]
+            printed = " ".join("-" if v is None else f"{v:.1f}%" if spec.unit == "%" else f"{v:.3f}".lstrip("0")
+                               for v in vals)
+            assert any(ln.endswith(printed) and key(ln[:-len(printed)]) == key(row.label) for ln in lines), \
+                f"Table {spec.id}, {row.label}: {printed!r}"
 
 
 def test_tables_values_and_missing() -> None:
-    out = tables.all_tables(_rows())
+    out = tables.all_tables(_rows())  # the paper's layout (tables.tex, cells.csv)
     cells1, wide1 = out["1"]
     assert wide1.loc["MNIST easy", ("MIST", "ours")] == "0.042 ± 0.002 (n=3)"  # search trial (0.5) excluded
-    assert wide1.loc["MNIST easy", ("MIST", "paper")] == "0.038"
-    assert wide1.loc["MNIST easy", ("MIST", "Δ")] == "+0.004"
-    assert wide1.loc["MNIST easy", ("Grid", "ours")] == "0.052 ± 0.002 (n=3)"
-    assert wide1.loc["MNIST hard", ("MIST", "ours")] == "0.060 ± 0.010 (n=3)"
+    assert wide1.loc["MNIST easy", ("MIST", "paper")] == "0.038" and wide1.loc["MNIST easy", ("MIST", "Δ")] == "+0.004"
     assert wide1.loc["MNIST hard", ("Grid", "ours")] == "0.060 ± 0.007 (n=2)"  # missing seed 2
-    assert wide1.loc["MNIST hard", ("Grid", "Δ")] == "-0.002"
     assert wide1.loc["MNIST hard", ("Ch.-wise", "ours")] == "— (n=0)"  # missing method
-    assert wide1.loc["MNIST hard", ("Ch.-wise", "Δ")] == "—" and wide1.loc["Gabor", ("Grid", "paper")] == "-"
+    assert wide1.loc["MNIST hard", ("Ch.-wise", "Δ")] == "—" and wide1.loc["Gabor", ("Grid", "paper")] == "∅"
     c = _cell(cells1, "MNIST hard", "Grid")
     assert c["n"] == 2 and c["seeds"] == "0,1" and math.isclose(c["std"], np.std([0.065, 0.055], ddof=1))
-    assert list(wide1.index) == ["MNIST easy", "MNIST hard", "Gabor"]
     assert [m for m, _ in wide1.columns[::3]] == ["MIST", "Grid", "Ch.-wise", "Esl16", "Zha18"]
     _, wide2 = out["2"]  # percent, and a task filter: the recon det_rate rows must not leak in
-    assert wide2.loc["IoU 50%", ("MIST", "ours")] == "98.0 ± 1.0 (n=3)"
-    assert wide2.loc["IoU 50%", ("MIST", "Δ")] == "+0.2"
-    assert wide2.loc["Both", ("Supervised", "ours")] == "— (n=0)"
+    assert wide2.loc["IoU 50%", "MIST"].tolist() == ["98.0 ± 1.0 (n=3)", "97.8", "+0.2"]
     assert (out["4"][1].xs("ours", axis=1, level=1) == "— (n=0)").all().all()  # a table with no results at all
-    md, tex, htm = tables.to_markdown(wide1), tables.to_latex(wide1), tables.to_html(wide1)
-    assert "0.042 ± 0.002 (n=3)" in md and "| MNIST hard" in md
-    assert r"0.042 $\pm$ 0.002 (n=3)" in tex and r"\begin{tabular}" in tex
-    assert "0.042&nbsp;±&nbsp;0.002 (n=3)" in htm and "<table" in htm
+    tex = tables.to_latex(wide1)
+    assert r"0.042 $\pm$ 0.002 (n=3)" in tex and r"\begin{tabular}" in tex and r"$\emptyset$" in tex
+    # the report's layout: one row per (dataset, method), every recon metric, references below, losers flagged
+    v = tables.table_view(_rows(), paper.TABLES["1"])
+    hard = v.frame[v.frame["dataset"] == "MNIST hard"].set_index("method")
+    assert list(hard.index) == ["MIST", "Grid", "Ch.-wise", "Esl16", "Zha18", "Trivial (reference)",
+                                "k-means floor (reference)"]
+    assert hard.loc["MIST", ("detection (IoU .5)", "ours")] == "0.850 ± 0.050"  # (.80 + .85 + .90) / 3
+    assert hard.loc["MIST", ("AP@.5", "ours")] == "0.720 ± 0.020" and hard.loc["Grid", ("AP@.5", "ours")] == "—"
+    assert hard.loc["MIST", ("RMSE", "Δ")] == "+0.002" and hard.loc["Trivial (reference)", ("RMSE", "paper")] == "∅"
+    assert hard.loc["Trivial (reference)", ("RMSE", "ours")] == "0.058 ± 0.001"
+    assert hard.loc["Grid", ("RMSE", "ours")] == "0.060 ± 0.007 †"  # 0.060 is not below the mean image's 0.058
+    assert hard.loc["Grid", ("core-s / trial", "")] == "15.0" and hard.loc["MIST", ("steps", "")] == "20"
+    assert hard.loc["Zha18", ("RMSE", "ours")] == "—" and hard.loc["Zha18", ("RMSE", "paper")] == "0.191"
+    assert v.not_run == ["Gabor"] and v.flags == [
+        "Grid on MNIST hard: RMSE not below the mean image's (0.058).",
+        "Grid on MNIST hard: detection not above the k-means floor (0.500)."]
+    cls = v.classes[v.frame["dataset"] == "MNIST hard"].set_index(hard.index)
+    assert cls.loc["Trivial (reference)"].eq("ref refstart").all()
+    assert cls.loc["k-means floor (reference)"].eq("ref").all()
+    assert cls.loc["Grid", ("RMSE", "ours")] == "flag" and cls.loc["MIST", ("RMSE", "ours")] == ""
 
 
 def test_paired_comparisons() -> None:
@@ -95,10 +120,10 @@ def test_paired_comparisons() -> None:
     assert -0.011 - 1e-12 <= easy["ci_low"] <= easy["ci_high"] <= -0.009 + 1e-12  # percentile CI of 3 diffs
     assert easy["sentence"] == ("MIST has lower RMSE than Grid on MNIST easy (better): mean difference -0.0100, "
                                 "95% CI [-0.0110, -0.0090], 3 seeds (bootstrap).")
-    hard = comps.loc[("1", "MNIST hard", "grid")]  # seeds 0 and 1 pair; diffs -0.015, +0.005
-    half = stats.t.ppf(0.975, 1) * np.std([-0.015, 0.005], ddof=1) / np.sqrt(2)
+    hard = comps.loc[("1", "MNIST hard", "grid")]  # seeds 0 and 1 pair; diffs -0.020, 0.000
+    half = stats.t.ppf(0.975, 1) * np.std([-0.020, 0.0], ddof=1) / np.sqrt(2)
     assert hard["n"] == 2 and hard["ci"] == "paired t" and hard["seeds"] == "0,1"
-    assert math.isclose(hard["ci_low"], -0.005 - half) and math.isclose(hard["ci_high"], -0.005 + half)
+    assert math.isclose(hard["ci_low"], -0.010 - half) and math.isclose(hard["ci_high"], -0.010 + half)
     assert hard["sentence"].startswith("No significant difference between MIST and Grid in RMSE on MNIST hard")
     assert "includes 0, 2 seeds (paired t)" in hard["sentence"]
     cw = comps.loc[("1", "MNIST hard", "channelwise")]
@@ -143,7 +168,7 @@ def test_report_html_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFix
     srcs = re.findall(r'src="([^"]*)"', page)
     assert len(srcs) >= 5 and all(s.startswith("data:image/png;base64,") for s in srcs)  # nothing external
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
-    assert "0.042&nbsp;±&nbsp;0.002 (n=3)" in page and "— (n=0)" in page
+    assert "0.042&nbsp;±&nbsp;0.002" in page and "Heatmap during training" in page
     assert "MIST has lower RMSE than Grid on MNIST easy (better)" in page
     assert "no predictions.npz" in page  # MNIST easy figure inputs are missing: noted, not fatal
     for name in ("tables.md", "tables.tex", "cells.csv", "comparisons.csv", "cost.csv"):
@@ -151,24 +176,70 @@ def test_report_html_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFix
     assert report.main([str(tmp_path / "nowhere")]) == 2
 
 
-def test_report_without_figure_inputs(tmp_path: Path) -> None:
-    rows = _rows()
-    rows = rows[~rows["metric"].str.startswith("train_")]
-    path = report.build_report(rows, tmp_path / "r")  # no sweep folder, no curves: tables only
-    page = path.read_text(encoding="utf-8")
-    assert "Table 4" in page and "data:image/png;base64," in page  # the quality-vs-cost plot remains
+def test_report_content(tmp_path: Path) -> None:
+    """The report from rows alone: the detection column with its mean, the reference rows and the flag on a method
+    that does not beat the mean image, the tables with no results folded into one line (not printed empty), the
+    symbols explained once, a learning-curve figure per task and the method-internal losses below them."""
+    page = report.build_report(_rows(), tmp_path / "r").read_text(encoding="utf-8")
+    assert ">0.850&nbsp;±&nbsp;0.050</td>" in page and ">detection (IoU .5)</th>" in page
+    assert ">Trivial (reference)</td>" in page and "ref refstart" in page
+    assert ">0.060&nbsp;±&nbsp;0.007 †</td>" in page
+    assert "† Grid on MNIST hard: RMSE not below the mean image's (0.058)." in page
+    assert ("Tables 3-4: not in this run; run sweeps/configs/table3.yaml, sweeps/configs/table4.yaml" in page
+            and "Table 3: sensitivity" not in page and "Gabor: not in this run (sweeps/configs/table1.yaml" in page)
+    assert page.count("= the paper reports no number") == 1
+    alts = re.findall(r'<img src="data:image/png;base64,[^"]+" alt="([^"]*)"', page)
+    for task in ("recon", "classify"):
+        assert {f"learning curves ({task}) against training steps",
+                f"learning curves ({task}) against training core-seconds"} <= set(alts)
+    assert page.index("Learning curves (test metrics)") < page.index("Training losses (method-internal)")
 
 
-def test_main_passes_mlflow_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_learning_curves_plot_mean_band_and_reference() -> None:
+    """The plotted line is the mean over seeds at each step, the band the min-max; a reference is a dashed level."""
+    from analysis import figures
+
+    fig = figures.learning_curve_figure(tables.check_rows(_rows()), "recon", x="step")
+    ax = next(a for a in fig.axes if a.get_title() == "MNIST hard: RMSE")
+    mist = next(ln for ln in ax.lines if ln.get_color() == figures.method_color("mist") and ln.get_marker() == "o")
+    assert list(mist.get_xdata()) == [10, 20] and np.allclose(mist.get_ydata(), [1.5 * 0.055, 0.055])
+    band = ax.collections[0].get_paths()[0].vertices  # MIST's band: min-max over its seeds at each step
+    assert set(np.round(band[:, 1], 6)) == set(np.round([1.5 * 0.045, 1.5 * 0.065, 0.045, 0.065], 6))
+    trivial = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert ax.get_xscale() == "log" and any(np.allclose(ln.get_ydata(), 0.058) for ln in trivial)
+
+
+def test_heatmap_history_and_figure(tmp_path: Path) -> None:
+    """At most MAX_SNAPSHOTS evenly spaced snapshots, the first and last kept; the strip shows them with a colour bar."""
+    from analysis import figures
+    from sweeps.artifacts import MAX_SNAPSHOTS, HeatmapHistory
+
+    h = HeatmapHistory.__new__(HeatmapHistory)  # no data needed to choose snapshots
+    h.maps = [None] * 25
+    keep = h.evenly_spaced()
+    assert len(keep) == MAX_SNAPSHOTS == 12 and keep[0] == 0 and keep[-1] == 24 and set(np.diff(keep)) <= {2, 3}
+    h.maps = [None] * 5
+    assert list(h.evenly_spaced()) == [0, 1, 2, 3, 4]
+    fig = figures.heatmap_figure(np.arange(100, 1100, 100), np.random.default_rng(0).random((10, 8, 8)),
+                                 image=np.zeros((1, 8, 8)))
+    shown = [a for a in fig.axes if a.get_title().startswith("step ")]
+    assert len(shown) == 10 and shown[0].images[0].get_cmap().name == "magma"
+    assert len(fig.axes) == 12  # the image, 10 snapshots, the colour bar
+
+
+def test_main_logs_the_report_to_mlflow(tmp_path: Path) -> None:
+    """--mlflow-experiment logs the report folder (default: beside the rows) as artifacts of a real MLflow run."""
+    from mlflow.tracking import MlflowClient
+
     sweep = tmp_path / "s"
     sweep.mkdir()
     _rows().to_parquet(sweep / "results.parquet")
-    calls = []
-    monkeypatch.setattr(report, "build_report", lambda df, out, sweep_dir, title: Path(out) / "report.html")
-    monkeypatch.setattr(report, "log_to_mlflow", lambda out, exp, uri: calls.append((out, exp, uri)) or "run0")
-    argv = [str(sweep / "results.parquet"), "--mlflow-experiment", "bench", "--tracking-uri", "sqlite:///x.db"]
-    assert report.main(argv) == 0
-    assert calls == [(sweep / "report", "bench", "sqlite:///x.db")]  # default --out: beside the rows
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert report.main([str(sweep / "results.parquet"), "--mlflow-experiment", "bench", "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
+    assert {"report/report.html", "report/tables.md"} <= {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert (sweep / "report" / "report.html").is_file()
 
 
 def test_cost_includes_sweeps_that_are_no_paper_table() -> None:
@@ -229,8 +300,11 @@ def test_method_summary_marks_references_and_flags_losers() -> None:
     out = method_summary(pd.DataFrame(rows)).set_index("method")
     assert list(out.index) == ["mist", "air", "trivial", "kmeans"]
     assert out.loc["mist", "rmse"] == pytest.approx(0.19) and out.loc["mist", "rmse_std"] == pytest.approx(0.02 / 2**0.5)
-    assert out.loc["mist", "note"] == "detection not above the k-means floor"
-    assert out.loc["air", "note"] == "RMSE not below the mean image's"
+    assert out.loc["mist", "note"] == "detection not above the k-means floor (0.870)"
+    assert out.loc["air", "note"] == "RMSE not below the mean image's (0.310)" and out.loc["air", "flagged"] == "rmse"
     assert out.loc["kmeans", "note"] == "reference, not a competitor" and bool(out.loc["trivial", "reference"])
-    shown = format_summary(out.reset_index())
+    shown, cls = format_summary(out.reset_index())
     assert shown.loc[3, "method"] == "k-means floor (reference)" and shown.loc[0, "RMSE"] == "0.190 ± 0.014"
+    assert shown.loc[1, "RMSE"] == "0.320 ± 0.014 †" and cls.loc[1, "RMSE"] == "flag"
+    assert cls.loc[2, "method"] == "ref refstart" and cls.loc[0, "RMSE"] == ""
+    assert "AP@.5" not in shown.columns  # no row has it
