@@ -16,7 +16,8 @@ BENCHMARK_ARGS ?= --fresh
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	@echo "installing mist-bench and its pins (torch, Ray, MLflow, ...): a few minutes the first time"
+	$(BIN)/pip install -e '.[test]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,5 +1,6 @@
-"""The benchmark report: tidy result rows -> one self-contained HTML file (tables, comparisons, cost, inline
-PNG figures), plus tables.md, tables.tex, cells.csv, comparisons.csv, cost.csv beside it.
+"""The benchmark report: tidy result rows -> one self-contained HTML file (tables, learning curves, comparisons,
+cost, inline PNG figures), plus tables.md, tables.tex (the paper's layout), cells.csv, summary.csv, comparisons.csv,
+cost.csv beside it.
 
     python -m analysis.report SWEEP_DIR_OR_PARQUET [--out DIR] [--mlflow-experiment NAME --tracking-uri URI]
 
@@ -11,7 +12,6 @@ run in that experiment.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import logging
@@ -26,11 +26,11 @@ import pandas as pd
 from analysis import figures
 from analysis.compare import CONFIDENCE, N_RESAMPLES, comparisons
 from analysis.paper import METHOD_LABELS, TABLES, dataset_label, method_label
-from analysis.tables import (all_tables, check_rows, cost_table, format_cost, format_summary, method_summary,
-                             to_html, to_latex, to_markdown, trial_summary)
+from analysis.tables import (FLAG, LEGEND, all_tables, check_rows, cost_table, format_cost, format_summary,
+                             method_summary, table_view, to_html, to_latex, to_markdown, trial_summary)
 
 
-__all__ = ["load_rows", "representative_trials", "load_npz", "build_report", "log_to_mlflow", "main"]
+__all__ = ["load_rows", "representative_trials", "load_npz", "build_report", "log_to_mlflow", "report_sweep", "main"]
 
 log = logging.getLogger("analysis.report")
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1250px;color:#222}
@@ -40,7 +40,12 @@ table.result th,table.result td{border:1px solid #ccc;padding:2px 5px;text-align
 table.result thead th{background:#f0f0f0;text-align:center}table.result tbody th{text-align:left;white-space:nowrap}
 table.result tbody tr:nth-child(even){background:#fafafa}
 p.caption,p.note{font-size:13px;color:#555}li{font-size:14px;margin:3px 0}
-img{display:block;max-width:100%;border:1px solid #eee;margin:4px 0}.sig{color:#064}.nsig{color:#666}"""
+img{display:block;max-width:100%;border:1px solid #eee;margin:4px 0}.sig{color:#064}.nsig{color:#666}
+table.result td.ref{background:#eef0f4;color:#555;font-style:italic}
+table.result td.refstart{border-top:2px solid #777}table.result td.flag{background:#fde8e4;color:#a11}
+p.flag{font-size:13px;color:#a11}p.folded{font-size:14px;background:#f6f6f6;padding:4px 8px}
+table.result td{white-space:nowrap}table.result td:last-child{white-space:normal;text-align:left;min-width:180px}
+div.pair{display:flex;flex-wrap:wrap;gap:8px}div.pair img{max-width:49%}"""
 
 
 def load_rows(path: str | Path) -> tuple[pd.DataFrame, Path]:
@@ -146,14 +151,59 @@ def _figures(df: pd.DataFrame, sweep_dir: Path | None, notes: list[str]) -> str:
                                            title="All methods on the same test images (Figure 2 style)"))
         if any(section):
             parts.append(f"<h3>{html.escape(head)}</h3>" + "\n".join(s for s in section if s))
-    loss = _figure_html(figures.loss_figure, "training losses", notes, df)
     cost = _figure_html(figures.quality_cost_figure, "quality against cost", notes, df)
-    if loss:
-        parts.append("<h3>Training losses (Figure 7 a, b)</h3>" + loss)
     if cost:
         parts.append("<h3>Quality against cost</h3><p class='note'>Final headline metric of each trial against "
                      "its training core-seconds; o = search trial, ^ = seed trial.</p>" + cost)
-    return "\n".join(parts) or "<p class='note'>No figures: no predictions or training curves found.</p>"
+    return "\n".join(parts) or "<p class='note'>No figures: no predictions or final results found.</p>"
+
+
+def _learning_curves(df: pd.DataFrame, notes: list[str]) -> str:
+    """Per task: test metrics against steps, then against core-seconds; '' when no task has evaluations."""
+    parts = []
+    for task in sorted(df["task"].astype(str).unique()):
+        figs = [_figure_html(figures.learning_curve_figure, f"learning curves ({task}) against {label}", notes,
+                             df, task, x=x) for x, label in figures.CURVE_X.items()]
+        if any(figs):
+            parts.append(f"<h3>{html.escape(task)}</h3><div class='pair'>" + "".join(figs) + "</div>")
+    return "".join(parts)
+
+
+def _id_ranges(ids: list[str]) -> str:
+    """['2', '3', '4'] -> 'Tables 2-4'; ['1', '3'] -> 'Tables 1, 3'; ['3'] -> 'Table 3'."""
+    if len(ids) == 1:
+        return f"Table {ids[0]}"
+    nums = [int(i) for i in ids]
+    run = nums == list(range(nums[0], nums[0] + len(nums)))
+    return f"Tables {ids[0]}-{ids[-1]}" if run else "Tables " + ", ".join(ids)
+
+
+def _tables_html(df: pd.DataFrame, md: list[str]) -> str:
+    """Each paper table with results (a TableView); the tables and rows without any folded into one line each;
+    the symbols explained once, below."""
+    body, empty = [], []
+    for tid, spec in TABLES.items():
+        view = table_view(df, spec)
+        if view.frame.empty:
+            empty.append(tid)
+            continue
+        body.append(f"<h3>{html.escape(spec.title)}</h3><p class='caption'>Paper: {html.escape(spec.caption)}</p>"
+                    f"<div class='wide'>{to_html(view.frame, index=False, classes=view.classes)}</div>")
+        md.append(f"## {spec.title}\n\n{to_markdown(view.frame, index=False)}\n")
+        if view.not_run:
+            body.append(f"<p class='folded'>{html.escape(', '.join(view.not_run))}: not in this run "
+                        f"({html.escape(spec.config)} runs them).</p>")
+        if view.flags:
+            flags = "<br>".join(f"{FLAG} {html.escape(f, quote=False)}" for f in view.flags)
+            body.append(f"<p class='flag'>{flags}</p>")
+    if empty:
+        line = (f"{_id_ranges(empty)}: not in this run; run "
+                + ", ".join(TABLES[t].config for t in empty) + " (python -m sweeps.run CONFIG).")
+        body.append(f"<p class='folded'>{html.escape(line)}</p>")
+        md.append(line + "\n")
+    body.append(f"<p class='note'>{html.escape(LEGEND)}</p>")
+    md.append(LEGEND + "\n")
+    return "\n".join(body)
 
 
 def _comparisons_html(comps: pd.DataFrame) -> str:
@@ -193,27 +243,31 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_dir: str | Path | 
     tables, comps, cost = all_tables(df), comparisons(df), cost_table(df)
     notes: list[str] = []
     md, tex, body = [f"# {title}\n"], [], [f"<h1>{html.escape(title)}</h1>", _summary(df)]
-    body.append("<h2>Tables 1-4</h2><p class='note'>ours = mean ± sample std over seeds (n trials; the seeds phase "
-                "when there is one, else every final trial); paper = as printed; Δ = ours − paper. "
-                "Tables 2-4 are in percent. — = no result.</p>")
-    for tid, (cells, wide) in tables.items():
-        spec = TABLES[tid]
-        body.append(f"<h3>{html.escape(spec.title)}</h3><p class='caption'>Paper: {html.escape(spec.caption)}</p>"
-                    + f"<div class='wide'>{to_html(wide)}</div>")
-        md.append(f"## {spec.title}\n\n{to_markdown(wide)}\n")
-        tex.append(to_latex(wide, caption=spec.title, label=f"tab:mist-bench-{tid}"))
+    body.append("<h2>Tables 1-4</h2><p class='note'>One row per method. ours = mean ± sample std over trials (the "
+                "seeds phase when there is one, else every final trial; (n=k) when fewer trials have that metric); "
+                "paper = as printed; Δ = ours − paper; detection = ground-truth instances matched at IoU ≥ .5 by "
+                "the image's top-count boxes; steps = the most any trial ran; core-s / trial = mean training CPU "
+                "seconds. Tables 2-4 are in percent.</p>")
+    body.append(_tables_html(df, md))
+    tex += [to_latex(wide, caption=TABLES[tid].title, label=f"tab:mist-bench-{tid}")
+            for tid, (_, wide) in tables.items()]
     pd.concat([c for c, _ in tables.values()]).to_csv(out / "cells.csv", index=False)
     summary = method_summary(df)
     if not summary.empty:
-        fs = format_summary(summary)
-        body.append("<h2>Every method: final test metrics</h2><p class='note'>mean ± sample std over trials; "
-                    "detection = ground-truth instances matched at IoU ≥ .5 by the image's top-count boxes. "
-                    "Reference rows are no competitors: the mean image (Trivial) and k-means of ink pixels with "
-                    "no learning (k-means floor, whose reconstruction keeps the input inside its boxes). Every "
-                    "learned method is read against them; `note` flags one that does not beat them.</p>"
-                    + to_html(fs, index=False))
-        md.append(f"## Every method: final test metrics\n\n{to_markdown(fs, index=False)}\n")
+        body.append("<h2>Every method: final test metrics</h2><p class='note'>Every (task, dataset, method) in "
+                    "the rows, the paper's tables or not; columns as above. Learned methods are read against the "
+                    f"reference rows; {FLAG} and the note mark one that does not beat them.</p>")
+        for task, s in summary.groupby("task", sort=True):
+            fs, cls = format_summary(s.reset_index(drop=True))
+            body.append(f"<h3>{html.escape(str(task))}</h3><div class='wide'>"
+                        f"{to_html(fs, index=False, classes=cls)}</div>")
+            md.append(f"## Every method: final test metrics ({task})\n\n{to_markdown(fs, index=False)}\n")
         summary.to_csv(out / "summary.csv", index=False)
+    curves = _learning_curves(df, notes)
+    body.append("<h2>Learning curves (test metrics)</h2><p class='note'>The test metrics at every evaluation "
+                "(interim ones on a subset of the test split, the last on all of it): line = mean over seeds, band = "
+                "min-max over seeds; log x. Dashed: a reference method's final mean.</p>"
+                + (curves or "<p class='note'>No evaluations in these rows.</p>"))
     body.append(f"<h2>MIST against each baseline, paired by seed</h2><p class='note'>difference = MIST − baseline "
                 f"per seed; {int(CONFIDENCE * 100)}% CI: percentile bootstrap ({N_RESAMPLES:,} resamples) for n ≥ 3, "
                 "paired t for n = 2.</p>")
@@ -230,6 +284,11 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_dir: str | Path | 
                 "trials = search + seeds, so unequal budgets show.</p>" + to_html(fc, index=False))
     md.append(f"## Cost\n\n{to_markdown(fc, index=False)}\n")
     body.append("<h2>Figures</h2>" + _figures(df, sweep, notes))
+    loss = _figure_html(figures.loss_figure, "training losses", notes, df)
+    if loss:
+        body.append("<h2>Training losses (method-internal)</h2><p class='note'>Each method's own training losses "
+                    "(mean since the previous report; paper Figure 7 a, b): not comparable across methods.</p>"
+                    + loss)
     if notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -255,25 +314,39 @@ def log_to_mlflow(out_dir: Path, experiment: str, tracking_uri: str | None = Non
         return run.info.run_id
 
 
+def report_sweep(source: str | Path, out_dir: str | Path | None = None, title: str = "mist-bench report") -> Path:
+    """The report of a sweep folder (or a results parquet) into out_dir (default SWEEP_DIR/report); report.html's path.
+    Rows that cannot be read raise FileNotFoundError or CommandError naming the file."""
+    from sweeps.command import CommandError
+
+    try:
+        df, sweep_dir = load_rows(source)
+    except ValueError as e:  # a corrupt parquet file, rows without the tidy columns
+        raise CommandError(f"{source}: cannot read its result rows ({e})") from None
+    return build_report(df, out_dir or sweep_dir / "report", sweep_dir, title)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    from sweeps.command import Parser, run_command
+
+    ap = Parser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", help="a sweep folder (with results.parquet) or a results parquet file")
     ap.add_argument("--out", help="output folder (default: SWEEP_DIR/report)")
     ap.add_argument("--title", default="mist-bench report")
     ap.add_argument("--mlflow-experiment", help="also log the report as artifacts of a run in this experiment")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = ap.parse_args(argv)
-    try:
-        df, sweep_dir = load_rows(a.source)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    path = build_report(df, a.out or sweep_dir / "report", sweep_dir, a.title)
-    if a.mlflow_experiment:
-        run_id = log_to_mlflow(path.parent, a.mlflow_experiment, a.tracking_uri)
-        print(f"logged to MLflow experiment {a.mlflow_experiment!r}, run {run_id}", file=sys.stderr)
-    print(path)
-    return 0
+
+    def report() -> int:
+        path = report_sweep(a.source, a.out, a.title)
+        if a.mlflow_experiment:
+            run_id = log_to_mlflow(path.parent, a.mlflow_experiment, a.tracking_uri)
+            print(f"logged to MLflow experiment {a.mlflow_experiment!r}, run {run_id}", file=sys.stderr)
+        print(path)
+        return 0
+
+    return run_command(report, a.debug)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
     python -m sweeps.run sweeps/configs/smoke.yaml            # local Ray, MLflow in ./mlflow.db
     python -m sweeps.run sweeps/configs/smoke.yaml --resume   # continue an interrupted sweep
 
+sweeps.cli        the `mist-bench` console command (train, preview, sweep, report, benchmark, methods, datasets)
+sweeps.command    the one error path every entry point shares: an expected failure is one line and exit code 2
+sweeps.estimate   planned steps and core-hours of a sweep from measured seconds per step (`--check`)
 sweeps.config     the schema of a sweep config and its validation (every (dataset, method) cell resolved up front)
 sweeps.run        the command line (`main(argv)`, `run_sweep`)
 sweeps.driver     the runner: phase 1 Optuna search per cell, phase 2 the best config on every seed

@@ -1,6 +1,7 @@
 """Run a sweep config with Ray Tune; every trial is an MLflow run and tidy parquet rows.
 
     python -m sweeps.run sweeps/configs/smoke.yaml [--resume | --fresh] [--storage DIR] [--tracking-uri URI]
+    python -m sweeps.run sweeps/configs/quick.yaml --check     # the plan, its training steps and core-hours
 
 Protocol, per (dataset, method) cell of the config:
   phase 1 "search"  `search.num_samples` Optuna trials on the search seed, ASHA stopping the weak ones early
@@ -20,36 +21,100 @@ never someone else's `ray start` cluster on the same machine.
 Test hook: MIST_SWEEP_FAULT="method=mist,phase=seeds,seed=1,step=3" in the driver's environment makes the matching
 trials raise after reporting that step, on their first attempt only (used by the resume and retry tests).
 
-This module is the command line; sweeps.driver runs the two phases, sweeps.trial is the trainable (one trial).
+A sweep ends (finished, failed or interrupted) by printing the command of its report, `mist-bench report DIR`.
+An expected failure (bad config, storage, tracking URI or option) is one line on stderr and exit status 2
+(sweeps.command; --debug shows the traceback).
+
+This module is the command line and `run_sweep`, its function; sweeps.driver runs the two phases, sweeps.trial is
+the trainable (one trial).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
+from pathlib import Path
+from typing import Any
 
-from mist_core.config import ConfigError
-from sweeps.config import SweepConfig, load_sweep, plan
-from sweeps.driver import Sweep
+from sweeps.command import CommandError, Parser, positive_int, run_command
+from sweeps.config import Plan, SweepConfig, load_sweep, plan
 from sweeps.tracking import redact_uri
 
-__all__ = ["main", "run_sweep"]
+__all__ = ["main", "run_sweep", "parse_args"]
 
 
-def run_sweep(config: str | SweepConfig, **options) -> int:
-    """Programmatic entry point: run_sweep("sweeps/configs/smoke.yaml", resume=True, storage="/tmp/s")."""
-    argv = [str(config)] if not isinstance(config, SweepConfig) else ["<config>"]
-    for k, v in options.items():
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            argv.append(flag)
-        elif v not in (None, False):
-            argv += [flag, str(v)]
-    return main(argv, _config=config if isinstance(config, SweepConfig) else None)
+def run_sweep(config: str | Path | SweepConfig, *, storage: str | None = None, tracking_uri: str | None = None,
+              resume: bool = False, fresh: bool = False, address: str | None = None, num_cpus: int | None = None,
+              dashboard: bool = False, check: bool = False) -> int:
+    """Run a sweep (a config path, the name of a shipped one, or a SweepConfig); the driver's exit status (0 finished,
+    1 failed trials, 130 interrupted). Expected failures raise (ConfigError, TrackingError, OSError, CommandError);
+    `main` turns them into one line. check=True prints the plan and its cost instead of running it.
+
+        run_sweep("sweeps/configs/smoke.yaml", storage="/tmp/s", resume=True)
+    """
+    if resume and fresh:
+        raise CommandError("--resume and --fresh: pass one of them, not both")
+    if num_cpus is not None and num_cpus < 1:
+        raise CommandError(f"--num-cpus: must be an integer >= 1, got {num_cpus}")
+    sweep = config if isinstance(config, SweepConfig) else load_sweep(config)
+    p = plan(sweep, storage=storage, tracking_uri=tracking_uri)  # all that can be checked before Ray starts
+    if check:
+        print_check(p)
+        return 0
+    from sweeps.driver import Sweep
+
+    # the command line the driver repeats in its "continue with ... --resume" hint
+    shown = [str(config) if not isinstance(config, SweepConfig) else sweep.name]
+    options = dict(storage=storage, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus)
+    shown += [x for k, v in options.items() if v is not None for x in ("--" + k.replace("_", "-"), str(v))]
+    shown += ["--dashboard"] * dashboard
+    args = argparse.Namespace(config=shown[0], storage=storage, tracking_uri=tracking_uri, resume=resume,
+                              fresh=fresh, address=address, num_cpus=num_cpus, dashboard=dashboard, argv=shown)
+    driver = Sweep(p, args)
+    code = driver.run()
+    print(f"report: mist-bench report {shlex.quote(redact_uri(driver.dir))}", flush=True)
+    return code
+
+
+def print_check(p: Plan) -> None:
+    """The plan, the training steps each cell's trials run, and the core-hours they cost at measured step costs."""
+    from mist_core.registry import get_method
+    from sweeps.estimate import MEASURED_DIR, Planned, core_hours, planned_steps, step_timings
+
+    sweep = p.sweep
+    print(p.describe()[0])
+    planned: list[Planned] = []
+    for c in p.cells:
+        # a module:Class method is not imported at --check (its import runs its code): counted as one that learns
+        steps = planned_steps(c.params, get_method(c.method).learns if c.imported else True)
+        n_search = sweep.search.num_samples if p.needs_search(c) else 0
+        cell = [Planned(c.method, sweep.task, sweep.scale, steps, n) for n in (n_search, len(sweep.seeds)) if n]
+        planned += cell
+        n = sum(x.trials for x in cell)
+        search = (sorted(c.space) if n_search else "none") if c.imported else "? (not imported at --check)"
+        print(f"  {c.dataset}/{c.method}: search {search}, data {c.data_hash}; "
+              f"{n} trials ({n_search} search + {len(sweep.seeds)} seeds) x {steps:,} steps = {n * steps:,} steps")
+    total = sum(x.steps * x.trials for x in planned)
+    asha = " (at most: ASHA stops weak search trials early)" if sweep.scheduler.type == "asha" else ""
+    print(f"planned: {p.n_trials()} trials, {total:,} training steps{asha}")
+    hours, missing = core_hours(planned, step_timings())
+    n_keys = len({(x.method, x.task, x.scale) for x in planned})
+    head = f"{hours:.2f} core-hours of training at scale {sweep.scale}" if len(missing) < n_keys else "none"
+    note = "".join(f"; no timing for {m}" for m in missing)
+    print(f"estimate: {head} (median core-seconds per step measured in {_relative(MEASURED_DIR)}, evaluation not "
+          f"counted){note}")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__.split("\n\n")[0])
+    ap = Parser(prog="python -m sweeps.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="a sweep YAML (a path, or the name of one in sweeps/configs)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the sweep stored under storage/<name>")
@@ -57,29 +122,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--storage", help="override the config's storage (local dir, NFS or s3://...)")
     ap.add_argument("--tracking-uri", help="override the config's MLflow URI ({head_ip} = the driver node's IP)")
     ap.add_argument("--address", help="join this Ray cluster (auto, HOST:PORT); default: RAY_ADDRESS, else local")
-    ap.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all cores)")
+    ap.add_argument("--num-cpus", type=positive_int, help="CPUs of the local Ray instance (default: all cores)")
     ap.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with the local instance")
-    ap.add_argument("--check", action="store_true", help="validate the config and print the plan, run nothing")
+    ap.add_argument("--check", action="store_true",
+                    help="validate the config and print the plan, its training steps and core-hours; run nothing")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, _config: SweepConfig | None = None) -> int:
-    args = parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        sweep = _config or load_sweep(args.config)
-        p = plan(sweep)
-        if args.check:
-            print(f"{sweep.name}: {len(p.cells)} cells, {p.n_trials()} trials: OK")
-            for c in p.cells:
-                print(f"  {c.dataset}/{c.method}: search {sorted(c.space) if p.needs_search(c) else 'none'}, "
-                      f"data {c.data_hash}")
-            return 0
-        return Sweep(p, args).run()
-    except ConfigError as e:
-        print(f"error: {redact_uri(str(e))}", file=sys.stderr)  # a message may quote --tracking-uri or storage
-        return 2
+    options: dict[str, Any] = {k: getattr(a, k) for k in ("storage", "tracking_uri", "resume", "fresh", "address",
+                                                          "num_cpus", "dashboard", "check")}
+    return run_command(lambda: run_sweep(a.config, **options), a.debug)
 
 
 if __name__ == "__main__":

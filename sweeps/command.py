@@ -1,0 +1,103 @@
+"""The one error path of every command line (`mist-bench ...`, `python -m sweeps.run`, `python -m analysis.report`).
+
+An expected failure (a bad config, missing or corrupt data, an output path that cannot be written, a bad tracking
+URI or storage, a bad option value) ends as ONE line on stderr, `mist-bench: error: <message>`, and exit status 2;
+`--debug` re-raises it to show the traceback. Anything else is a bug and keeps its traceback.
+
+    return run_command(lambda: do_the_work(args), debug=args.debug)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn
+
+from mist_core.config import ConfigError
+from sweeps.tracking import TrackingError, redact_uri
+
+__all__ = ["CommandError", "Parser", "run_command", "one_line", "positive_int", "writable_file", "PROG", "EXIT_ERROR"]
+
+PROG = "mist-bench"
+EXIT_ERROR = 2  # argparse's status for a usage error: every expected failure uses it
+
+
+class CommandError(Exception):
+    """An expected failure of a command that is neither a config nor a data error; the message names the option."""
+
+
+# expected errors of modules too heavy to import for this (torch, MLflow): they can only have been raised once
+# their module was imported, so they are looked up among the imported modules
+LAZY_ERRORS = (("mist_core.data.errors", "DataError"),          # data missing or corrupt, named
+               ("mlflow.exceptions", "MlflowException"))        # an unknown URI scheme, an unreachable server
+
+
+def _expected() -> tuple[type[BaseException], ...]:
+    lazy = tuple(getattr(sys.modules[m], name) for m, name in LAZY_ERRORS if m in sys.modules)
+    return (ConfigError, TrackingError, CommandError, OSError) + lazy
+
+
+def one_line(message: str) -> str:
+    """A multi-line message (a config error lists each bad field on its own line) as one line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    rest = [line.removeprefix("- ") for line in lines[1:]]
+    return " ".join([lines[0], "; ".join(rest)]) if rest else lines[0]
+
+
+def error_line(message: str) -> str:
+    # a message may quote --tracking-uri or --storage, credential included
+    return f"{PROG}: error: {one_line(redact_uri(message))}"
+
+
+def run_command(fn: Callable[[], int | None], debug: bool = False) -> int:
+    """fn()'s exit status (None = 0); an expected failure printed as one line, status 2 (re-raised when `debug`)."""
+    try:
+        return fn() or 0
+    except BrokenPipeError:  # the reader left (`mist-bench methods | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail
+        return 1
+    except _expected() as e:
+        if debug:
+            raise
+        print(error_line(str(e) or type(e).__name__), file=sys.stderr)
+        return EXIT_ERROR
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (`mist-bench: error: argument --n: ...`) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(error_line(f"{message} (see {self.prog} --help)"), file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def writable_file(path: str | os.PathLike, option: str) -> Path:
+    """`path` ready to be written later: its folder created; a CommandError naming `option` and the path if it
+    cannot be (a regular file in the way, no permission, a folder of that name). Checked before any work starts."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise CommandError(f"{option} {p}: is a folder, not a file")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), p.parent)
+        raise CommandError(f"{option} {p}: cannot create its folder, {blocker} is a file") from None
+    except PermissionError:
+        raise CommandError(f"{option} {p}: no permission to create its folder {p.parent}") from None
+    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise CommandError(f"{option} {p}: not writable")
+    return p

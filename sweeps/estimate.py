@@ -1,0 +1,105 @@
+"""What a sweep will cost before it runs: planned training steps per trial, and core-hours from measured step costs.
+
+Step costs come from the JSON the benchmarks wrote under bench/measured/: the oracle ladder's whole trainings
+(bench/measured/ladder/*.json, 1 thread, the way sweep trials run: final core_seconds / final step of each row
+whose rung is a plain method) and, where the ladder has no row, the step benchmark (`python -m bench`, rows of
+items.steps: median ms x cpu_per_wall, usually at 2 threads, so an upper bound). Per (method, task, scale) the
+median is used. Evaluation time is not counted.
+
+    timings = step_timings()
+    hours, missing = core_hours([Planned("mist", "recon", "quick", steps=1000, trials=2)], timings)
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple
+
+__all__ = ["Planned", "Timing", "step_timings", "planned_steps", "core_hours", "MEASURED_DIR"]
+
+MEASURED_DIR = Path(__file__).resolve().parent.parent / "bench" / "measured"
+
+Key = tuple[str, str, str]  # (method, task, scale)
+
+
+class Timing(NamedTuple):
+    core_seconds_per_step: float  # median over the runs measured
+    n: int                        # how many runs
+    source: str                   # "ladder" or "bench"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Trials of one (dataset, method) cell that train the same number of steps."""
+
+    method: str
+    task: str
+    scale: str
+    steps: int    # per trial
+    trials: int
+
+
+def _ladder_samples(paths: Iterable[Path]) -> dict[Key, list[float]]:
+    out: dict[Key, list[float]] = defaultdict(list)
+    for row in _rows(paths, lambda d: d.get("rows")):
+        final = row.get("final") or {}
+        # oracle and ablation rungs train other networks than the method's: only a rung named after its method
+        if row.get("rung") != row.get("method") or row.get("scale") is None or not final.get("step"):
+            continue
+        out[(row["method"], row.get("task", "recon"), row["scale"])].append(final["core_seconds"] / final["step"])
+    return out
+
+
+def _bench_samples(paths: Iterable[Path]) -> dict[Key, list[float]]:
+    out: dict[Key, list[float]] = defaultdict(list)
+    for row in _rows(paths, lambda d: ((d.get("items") or {}).get("steps") or {}).get("rows")):
+        if row.get("error") or row.get("median_ms") is None or row.get("scale") is None:
+            continue
+        core_ms = row["median_ms"] * row.get("cpu_per_wall", 1.0)
+        out[(row["method"], row.get("task", "recon"), row["scale"])].append(core_ms / 1000)
+    return out
+
+
+def _rows(paths: Iterable[Path], rows_of) -> Iterable[dict[str, Any]]:
+    for p in sorted(paths):
+        try:
+            data = json.loads(Path(p).read_text())
+        except (OSError, ValueError):  # a half-written or foreign file: no timing from it
+            continue
+        rows = rows_of(data) if isinstance(data, dict) else None
+        yield from (r for r in rows or () if isinstance(r, dict) and "method" in r)
+
+
+def step_timings(measured_dir: str | Path = MEASURED_DIR) -> dict[Key, Timing]:
+    """Median core-seconds per training step per (method, task, scale): the ladder's, else the step benchmark's."""
+    d = Path(measured_dir)
+    timings = {k: Timing(statistics.median(v), len(v), "bench") for k, v in _bench_samples(d.glob("*.json")).items()}
+    timings.update({k: Timing(statistics.median(v), len(v), "ladder")
+                    for k, v in _ladder_samples(d.glob("ladder/*.json")).items()})
+    return timings
+
+
+def planned_steps(params: dict[str, Any], learns: bool = True) -> int:
+    """Training steps of one trial from its resolved parameters (Resolved.as_params()): max_steps, or for a method
+    with nothing to learn at most one pass over the training data (as mist_core.train.Trainer.budget_steps)."""
+    max_steps = int(params["train.max_steps"])
+    n_train = params.get("dataset.n_train")
+    if learns or n_train is None:
+        return max_steps
+    return min(max_steps, math.ceil(n_train / params["train.batch_size"]))
+
+
+def core_hours(planned: Iterable[Planned], timings: dict[Key, Timing]) -> tuple[float, list[str]]:
+    """(core-hours of the planned trials that have a timing, 'METHOD (task, scale)' of those that have none)."""
+    seconds, missing = 0.0, []
+    for p in planned:
+        t = timings.get((p.method, p.task, p.scale))
+        if t is None:
+            missing.append(f"{p.method} ({p.task}, {p.scale})")
+        else:
+            seconds += t.core_seconds_per_step * p.steps * p.trials
+    return seconds / 3600, sorted(set(missing))

@@ -1,0 +1,252 @@
+"""The command lines: the README's `mist-bench` commands run as written, and every expected failure of every entry
+point is one line `mist-bench: error: ...` with exit status 2 and no traceback (--debug shows it)."""
+from __future__ import annotations
+
+import ast
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweep_fixtures import BASE, _with, _write
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands() -> list[list[str]]:
+    """The argv of each `mist-bench ...` line of the README's "## Commands" code block, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [shlex.split(line, comments=True)[1:] for line in block.splitlines()
+            if line.startswith(".venv/bin/mist-bench ")]
+
+
+def _error_line(err: str) -> str:
+    """The one error line of a command's stderr (and the assertion that there is exactly one, untraced)."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("mist-bench: error: "), err
+    return lines[0]
+
+
+# --- the README's commands, as written ---------------------------------------------------------------------------
+def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """Each command line of the README's block, in order, in a fresh working directory (so runs/, previews/ and
+    mlflow.db land in tmp_path): the sweep prints the report command for the folder the README's `report` line
+    names, and that line writes the report there."""
+    from sweeps.cli import main
+
+    commands = _readme_commands()
+    assert [c[0] for c in commands] == ["methods", "datasets", "preview", "train", "sweep", "sweep", "report"]
+    monkeypatch.chdir(tmp_path)
+    out: list[str] = []
+    for argv in commands:
+        if argv[0] == "train":
+            # the README's line is the quick preset (1,000 steps on 6,000 images); the same command at smoke scale
+            assert argv[-2:] == ["--scale", "quick"]
+            argv = argv + ["--scale", "smoke"]
+        code = main(argv)
+        printed = capsys.readouterr()
+        assert code == 0, f"{shlex.join(argv)}: exit {code}\n{printed.err[-3000:]}"
+        out.append(printed.out)
+    methods, datasets, _, train, check, sweep, report = out
+    assert "mist " in methods and "mnist_hard" in datasets.split()
+    assert (tmp_path / "previews" / "mnist_hard.png").stat().st_size > 0
+    assert {"rmse", "step"} <= set(json.loads(train))
+    assert "planned: 6 trials" in check and "estimate: " in check
+    report_arg = commands[-1][1]
+    said = [line for line in sweep.splitlines() if "mist-bench report" in line]
+    assert said == [f"report: mist-bench report {(tmp_path / report_arg).resolve()}"]
+    assert (tmp_path / report_arg / "report" / "report.html").is_file()
+    assert report.strip().endswith(f"{report_arg}/report/report.html")
+
+
+# --- one error path ----------------------------------------------------------------------------------------------
+TRAIN = ["train", "--method", "mist", "--dataset", "mnist_hard", "--scale", "smoke"]
+
+
+def test_train_missing_data_folder_is_one_line(tmp_path, capsys):
+    from sweeps.cli import main
+
+    missing = tmp_path / "no-mnist"
+    assert main(TRAIN + ["-d", f"digits_dir={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train: mist on mnist_hard (smoke): preparing data...")  # the first line, before the data
+    assert _error_line(err) == f"mist-bench: error: digits_dir {missing}: not a directory"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from mist_core.data import DataError
+    from sweeps.cli import main
+
+    for argv in (["--debug"] + TRAIN, TRAIN + ["--debug"]):  # a global flag, accepted after the command too
+        with pytest.raises(DataError, match="digits_dir"):
+            main(argv + ["-d", f"digits_dir={tmp_path / 'no-mnist'}"])
+
+
+def test_train_out_under_a_file_fails_before_training(tmp_path, capsys):
+    from sweeps.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "sub" / "run.json"
+    assert main(TRAIN + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "preparing data" not in err  # refused before any data or training
+    assert _error_line(err) == f"mist-bench: error: --out {out}: cannot create its folder, {blocker} is a file"
+
+
+def test_train_out_creates_its_folder(tmp_path, capsys):
+    from sweeps.cli import main
+
+    out = tmp_path / "new" / "run.json"
+    assert main(TRAIN + ["-t", "max_steps=2", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["config"]["method"] == "mist" and [h["step"] for h in written["history"]] == [2.0]
+    assert capsys.readouterr().err.splitlines()[-1] == f"train: config and history in {out}"
+
+
+def test_out_that_is_a_folder_is_refused(tmp_path, capsys):
+    from sweeps.cli import main
+
+    assert main(["preview", "mnist_hard", "--out", str(tmp_path)]) == 2
+    assert _error_line(capsys.readouterr().err) == f"mist-bench: error: --out {tmp_path}: is a folder, not a file"
+
+
+@pytest.mark.parametrize("entry,argv,flag", [
+    ("sweeps.cli", ["preview", "mnist_hard", "--n", "0"], "--n"),
+    ("sweeps.run", ["smoke", "--num-cpus", "-1"], "--num-cpus"),
+    ("sweeps.run", ["smoke", "--num-cpus", "two"], "--num-cpus"),
+])
+def test_option_ranges_name_the_option(capsys, entry, argv, flag):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(entry).main(argv)
+    assert exit_.value.code == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith(f"mist-bench: error: argument {flag}: must be an integer >= 1, got ")
+
+
+def test_bad_tracking_uri_is_refused_before_ray(tmp_path, capsys):
+    import ray
+
+    from sweeps.run import main
+
+    path = _write(tmp_path, _with(methods=["trivial"], search__num_samples=1))
+    argv = [str(path), "--storage", str(tmp_path / "runs"), "--tracking-uri", "garbage://alice:s3cret@host/x"]
+    assert main(argv) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith("mist-bench: error: invalid sweep 't': --tracking-uri 'garbage://alice:***@host/x': "
+                           "unknown scheme 'garbage'") and "s3cret" not in line
+    assert not ray.is_initialized()
+
+
+def test_storage_under_a_file_is_refused(tmp_path, capsys):
+    from sweeps.run import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    path = _write(tmp_path, _with(methods=["trivial"], search__num_samples=1))
+    assert main([str(path), "--storage", str(blocker / "runs")]) == 2
+    assert _error_line(capsys.readouterr().err) == \
+        f"mist-bench: error: invalid sweep 't': --storage '{blocker / 'runs'}': it is under {blocker}, a file"
+
+
+def test_report_errors_name_the_file(tmp_path, capsys):
+    from analysis.report import main
+
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert _error_line(capsys.readouterr().err) == \
+        f"mist-bench: error: no result rows at {tmp_path / 'nowhere'}"
+    (tmp_path / "results.parquet").write_bytes(b"not parquet")
+    assert main([str(tmp_path)]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith(f"mist-bench: error: {tmp_path}: cannot read its result rows")
+
+
+def test_config_error_lines_are_joined(tmp_path, capsys):
+    """A config error listing several fields (one per line in the exception) is one line on the console."""
+    from sweeps.cli import main
+
+    path = _write(tmp_path, {**BASE, "methods": ["nope"], "datasets": ["nada"]})
+    assert main(["sweep", str(path), "--check"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith("mist-bench: error: invalid sweep 't': methods: ")
+    assert "; datasets: unknown dataset 'nada'" in line
+
+
+def test_console_script_prints_one_line(tmp_path):
+    """The installed `mist-bench` (pyproject's entry point, sweeps.cli:main) in a real process: no traceback."""
+    script = Path(sys.executable).parent / "mist-bench"
+    if not script.is_file():
+        pytest.skip("mist-bench is not installed in this environment (pip install -e .)")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "run.json"
+    r = subprocess.run([str(script), *TRAIN, "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"mist-bench: error: --out {out}: cannot create its folder, {blocker} is a file\n"
+
+
+# --- the layers --------------------------------------------------------------------------------------------------
+def test_mist_core_imports_no_upper_layer():
+    """mist_core (data, methods, training) imports neither sweeps nor analysis, at top level or in a function."""
+    bad = []
+    for f in sorted((ROOT / "mist_core").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{f.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("sweeps", "analysis")]
+    assert bad == []
+
+
+# --- the cost of a sweep, before it runs -------------------------------------------------------------------------
+def test_step_timings_and_core_hours(tmp_path):
+    from sweeps.estimate import Planned, core_hours, planned_steps, step_timings
+
+    def ladder_row(rung, method, scale, core_seconds, steps=100):
+        return {"rung": rung, "method": method, "task": "recon", "scale": scale,
+                "final": {"step": float(steps), "core_seconds": core_seconds}}
+
+    (tmp_path / "ladder").mkdir()
+    (tmp_path / "ladder" / "a.json").write_text(json.dumps({"rows": [
+        ladder_row("mist", "mist", "quick", 100.0),                           # 1.0 s per step
+        ladder_row("mist", "mist", "quick", 200.0),                           # 2.0
+        ladder_row("no_blur", "mist", "quick", 900.0),                        # an ablation: not the method's cost
+        ladder_row("task_on_gt", "bench.ladder:OracleTask", "quick", 5.0),    # an oracle
+        ladder_row("mist", "mist", None, 900.0)]}))                           # scale unknown
+    (tmp_path / "ladder" / "broken.json").write_text("{")
+    (tmp_path / "cpu.json").write_text(json.dumps({"items": {"steps": {"rows": [
+        {"method": "grid", "task": "recon", "scale": "quick", "median_ms": 100.0, "cpu_per_wall": 2.0},  # 0.2 s
+        {"method": "mist", "task": "recon", "scale": "quick", "median_ms": 5000.0, "cpu_per_wall": 2.0},  # ladder wins
+        {"method": "air", "task": "recon", "scale": "quick", "error": "boom"}]}}}))
+    t = step_timings(tmp_path)
+    assert t[("mist", "recon", "quick")] == (1.5, 2, "ladder")
+    assert t[("grid", "recon", "quick")] == (0.2, 1, "bench")
+    assert set(t) == {("mist", "recon", "quick"), ("grid", "recon", "quick")}
+    hours, missing = core_hours([Planned("mist", "recon", "quick", steps=1000, trials=2),
+                                 Planned("grid", "recon", "quick", steps=1000, trials=2),
+                                 Planned("zhang", "recon", "quick", steps=1000, trials=2)], t)
+    assert hours == pytest.approx((1.5 * 2000 + 0.2 * 2000) / 3600) and missing == ["zhang (recon, quick)"]
+    params = {"train.max_steps": 1000, "train.batch_size": 32, "dataset.n_train": 100}
+    assert planned_steps(params) == 1000 and planned_steps(params, learns=False) == 4   # one pass: ceil(100 / 32)
+    assert planned_steps({"train.max_steps": 1000, "train.batch_size": 32}, learns=False) == 1000
+
+
+def test_check_prints_steps_trials_and_estimate(tmp_path, capsys):
+    from sweeps.run import main
+
+    path = _write(tmp_path, BASE)  # trivial + mist at smoke: 2 + 2 search trials of mist, 2 seeds each, 6 steps
+    assert main([str(path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "  mnist_hard/mist: search [" in out and "4 trials (2 search + 2 seeds) x 6 steps = 24 steps" in out
+    assert "planned: 6 trials, 36 training steps (at most: ASHA stops weak search trials early)" in out
+    assert "no timing for mist (recon, smoke)" in out  # nothing measured at smoke scale
+    assert not (tmp_path / "runs").exists()
+    assert main(["quick", "--check"]) == 0  # the shipped quick sweep: every method measured at quick scale
+    out = capsys.readouterr().out
+    assert "core-hours of training at scale quick" in out and "no timing" not in out
