@@ -30,7 +30,7 @@ __all__ = ["MIST", "MISTConfig"]
 
 class MISTConfig(StrictConfig):
     k: int = Field(9, ge=1)                                  # patches per image
-    sizes: tuple[float, ...] = (20.0,)                      # patch side (pixels) of each discrete scale, increasing
+    sizes: tuple[float, ...] = Field((20.0,), min_length=1)  # patch side (pixels) of each discrete scale, increasing
     patch_res: int = Field(32, ge=4)                         # patches are resampled to patch_res x patch_res
     heat_width: int = Field(32, ge=1)
     heat_blocks: int = Field(4, ge=0)

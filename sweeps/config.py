@@ -1,23 +1,29 @@
 """The sweep config: its schema, loading from YAML, and validation of every (dataset, method) cell up front.
 
 A sweep config is data (sweeps/configs/*.yaml). Unknown keys and wrong types are refused; then `plan(cfg)`
-resolves every (dataset, method) cell with `mist_core.train.resolve`, so an unknown method or dataset, a task a
-method does not support, a bad method/dataset/train parameter or an impossible budget is ONE ConfigError that
-names it, raised before Ray or MLflow start.
+resolves every (dataset, method) cell, so an unknown method or dataset, a task a method does not support, a bad
+method/dataset/train parameter (a non-finite number, a batch larger than the training data, an unknown device), an
+impossible budget, a storage folder or MLflow store that cannot be written is ONE ConfigError that names it, raised
+before Ray or MLflow start. `--check` and the real run share it; the real run plans again with
+`import_methods=True` (a `module:Class` method is imported only then) and with its --storage / --tracking-uri.
+
+Data folders (dataset parameters named *_dir) and cache_dir given relative to a config file are relative to that
+file's folder (load_sweep); the plan holds them absolute, since trials run in other working directories.
 
     sweep = load_sweep("sweeps/configs/table1.yaml")
     p = plan(sweep)            # raises ConfigError
-    for cell in p.cells: ...   # cell.run is a RunConfig dict (seed = search seed), cell.space what Optuna tunes
+    for cell in p.cells: ...   # cell.run: the resolved RunConfig dict trials run (seed = search seed)
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, field_validator
@@ -27,9 +33,13 @@ from mist_core.method import Choice, IntRange, LogUniform, Uniform
 from mist_core.presets import Scale
 
 __all__ = ["Budget", "Search", "Scheduler", "Resources", "Override", "SweepConfig", "Cell", "Plan",
-           "load_sweep", "find_config", "plan", "CONFIG_DIR"]
+           "load_sweep", "find_config", "plan", "where_problems", "CONFIG_DIR"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# numpy's legacy seeding (np.random.seed, RandomState) takes 0 .. 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+METHOD_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")  # module.path:ClassName
 
 
 class Budget(StrictConfig):
@@ -45,7 +55,7 @@ class Search(StrictConfig):
     num_samples: int = Field(1, ge=1)  # 1 (or an empty search space) = no search: the method's defaults
     metric: str                         # a key of the trainer's report, e.g. rmse, det_rate, both, ap_iou50
     mode: Literal["min", "max"]
-    seed: int = 0                       # the seed of search trials and of the Optuna sampler
+    seed: Seed = 0                      # the seed of search trials and of the Optuna sampler
 
 
 class Scheduler(StrictConfig):
@@ -87,7 +97,7 @@ class SweepConfig(StrictConfig):
     scale: Scale
     datasets: tuple[str, ...] = Field(min_length=1)
     methods: tuple[str, ...] = Field(min_length=1)
-    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    seeds: tuple[Seed, ...] = Field((0,), min_length=1)
     budget: Budget = Budget()
     train: dict[str, Any] = {}                # other TrainConfig overrides (eval_every, batch_size, ...)
     search: Search
@@ -99,7 +109,8 @@ class SweepConfig(StrictConfig):
     max_concurrent_trials: int | None = Field(None, ge=1)
     storage: str = "runs/sweeps"              # Tune storage (local path, NFS or s3://); the sweep lives in storage/name
     tracking_uri: str = "sqlite:///mlflow.db"  # relative sqlite paths are made absolute against the working dir
-    cache_dir: str | None = None              # dataset cache (None = mist_core.data's default)
+    cache_dir: str | None = None              # dataset cache (None = mist_core.data's default; relative: to the
+                                              # config file's folder)
     overrides: tuple[Override, ...] = ()
     exclude: tuple[str, ...] = ()             # "dataset/method" cells not run (e.g. baselines on Gabor in Table 1)
 
@@ -132,7 +143,35 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise ConfigError(f"{p}: cannot read the sweep config ({type(e).__name__}: {e})") from None
     if data is None:  # an empty file (or only comments) would otherwise read as "every field missing"
         raise ConfigError(f"{p}: empty config (a sweep config needs name, task, scale, datasets, methods, search)")
-    return parse_config(SweepConfig, _expand(data, p.stem), where=p.stem)
+    return parse_config(SweepConfig, _anchor(_expand(data, p.stem), p.resolve().parent), where=p.stem)
+
+
+def _anchor(data: Any, base: Path) -> Any:
+    """The config's data folders (overrides' dataset *_dir parameters, cache_dir) relative to `base`, made absolute:
+    a path in a config file means the same folder wherever the sweep is started from."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    if isinstance(out.get("cache_dir"), str):
+        out["cache_dir"] = _absolute(out["cache_dir"], base)
+    if isinstance(out.get("overrides"), list):
+        out["overrides"] = [_anchor_override(o, base) for o in out["overrides"]]
+    return out
+
+
+def _anchor_override(o: Any, base: Path) -> Any:
+    if not (isinstance(o, dict) and isinstance(o.get("dataset_params"), dict)):
+        return o
+    params = {k: _absolute(v, base) if k.endswith("_dir") and isinstance(v, str) else v
+              for k, v in o["dataset_params"].items()}
+    return {**o, "dataset_params": params}
+
+
+def _absolute(path: str, base: str | Path | None = None) -> str:
+    """A local path made absolute against `base` (default: the working directory); a URI (s3://...) unchanged."""
+    if "://" in path:
+        return path
+    return os.path.abspath(Path(base or os.getcwd()) / os.path.expanduser(path))
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -156,11 +195,13 @@ def _expand(x: Any, where: str) -> Any:
 class Cell:
     dataset: str
     method: str
-    run: dict[str, Any]               # RunConfig fields (JSON data); seed = the search seed
+    run: dict[str, Any]               # the RunConfig (JSON data) its trials run: every method, dataset and train
+                                      # field resolved and explicit, data folders absolute; seed = the search seed
     space: dict[str, Any]             # field -> LogUniform | Uniform | IntRange | Choice (fixed params removed)
     defaults: dict[str, Any]          # the method's value of each searched field
     params: dict[str, Any]            # Resolved.as_params() of the defaults
     data_hash: str                    # identifies the dataset's content (its cache key)
+    imported: bool = True             # False: a module:Class method left unimported (--check): its config unchecked
 
     @property
     def key(self) -> str:
@@ -178,6 +219,22 @@ class Plan:
     def n_trials(self) -> int:
         n_search = sum(self.sweep.search.num_samples for c in self.cells if self.needs_search(c))
         return n_search + len(self.cells) * len(self.sweep.seeds)
+
+    def unimported(self) -> list[str]:
+        """The module:Class methods this plan did not import (their search spaces and configs are unchecked)."""
+        return sorted({c.method for c in self.cells if not c.imported})
+
+    def describe(self) -> list[str]:
+        """What --check prints: the sweep's size and, per cell, what it searches and its data."""
+        more = " (at least: not-imported methods may add search trials)" if self.unimported() else ""
+        lines = [f"{self.sweep.name}: {len(self.cells)} cells, {self.n_trials()} trials{more}: OK"]
+        for c in self.cells:
+            if c.imported:
+                search = sorted(c.space) if self.needs_search(c) else "none"
+            else:
+                search = "? (not imported at --check; the real run imports it before Ray starts and checks it then)"
+            lines.append(f"  {c.dataset}/{c.method}: search {search}, data {c.data_hash}")
+        return lines
 
 
 RECON_ONLY = {"rmse"}
@@ -204,24 +261,35 @@ def data_hash(dataset_cfg: StrictConfig) -> str:
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def plan(sweep: SweepConfig) -> Plan:
-    """Validate the whole sweep; raise one ConfigError listing every problem, or return its cells."""
+def plan(sweep: SweepConfig, *, import_methods: bool = False, storage: str | None = None,
+         tracking_uri: str | None = None) -> Plan:
+    """Validate the whole sweep; raise one ConfigError listing every problem, or return its cells.
+
+    A method named 'module:Class' is imported only with `import_methods` (the real run): at --check its name's syntax
+    is checked and its cells resolved without it (dataset, training, overrides), since importing runs the module's
+    code. `storage` / `tracking_uri` (the command line's) replace the config's where it is checked they can be
+    written."""
     from mist_core.data import DATASETS
-    from mist_core.registry import get_method
-    from mist_core.train import resolve
+    from mist_core.registry import BUILTIN, get_method
 
     where = f"sweep {sweep.name!r}"
     errors: list[str] = []
-    methods: dict[str, type] = {}
+    methods: dict[str, type | None] = {}   # None: not imported
     for m in sweep.methods:
+        if m not in BUILTIN and ":" in m and not import_methods:
+            if METHOD_PATH.match(m):
+                methods[m] = None
+            else:
+                errors.append(f"methods: {m!r} is neither a registered method nor 'package.module:ClassName'")
+            continue
         try:
             methods[m] = get_method(m)
         except KeyError as e:
             errors.append(f"methods: {e.args[0]}")
         except (ImportError, AttributeError, TypeError) as e:
-            errors.append(f"methods: method {m!r} is registered but cannot be loaded ({type(e).__name__}: {e})")
+            errors.append(f"methods: method {m!r} cannot be loaded ({type(e).__name__}: {e})")
     for m, cls in methods.items():
-        if sweep.task not in cls.tasks:
+        if cls is not None and sweep.task not in cls.tasks:
             errors.append(f"methods: {m!r} does not support task {sweep.task!r} (it supports {', '.join(cls.tasks)})")
     for d in sweep.datasets:
         if d not in DATASETS:
@@ -256,6 +324,11 @@ def plan(sweep: SweepConfig) -> Plan:
             errors.append(f"search.metric: {metric!r} needs a reconstruction (task recon), the task is classify")
         elif sweep.task == "recon" and metric in CLASSIFY_ONLY:
             errors.append(f"search.metric: {metric!r} needs class predictions (task classify), the task is recon")
+    # overrides and train are checked resolved, per cell
+    errors += [e for k, v in sweep.model_dump().items() if k not in ("overrides", "train") for e in _nonfinite(v, k)]
+    errors += where_problems(storage or sweep.storage, tracking_uri or sweep.tracking_uri,
+                             storage_field="--storage" if storage else "storage",
+                             uri_field="--tracking-uri" if tracking_uri else "tracking_uri")
     if errors:
         raise ConfigError(_message(where, errors))
 
@@ -264,7 +337,7 @@ def plan(sweep: SweepConfig) -> Plan:
         for m in sweep.methods:
             if f"{d}/{m}" in sweep.exclude:
                 continue
-            cell, cell_errors = _cell(sweep, d, m, methods[m], resolve)
+            cell, cell_errors = _cell(sweep, d, m, methods[m])
             errors += cell_errors
             if cell is not None:
                 cells.append(cell)
@@ -273,7 +346,12 @@ def plan(sweep: SweepConfig) -> Plan:
     return Plan(sweep, tuple(cells))
 
 
-def _cell(sweep: SweepConfig, dataset: str, method: str, method_cls: type, resolve) -> tuple[Cell | None, list[str]]:
+def _cell(sweep: SweepConfig, dataset: str, method: str, method_cls: type | None) -> tuple[Cell | None, list[str]]:
+    """The cell's resolved run, or the problems found. `method_cls` None: the method is not imported (--check)."""
+    from mist_core.data import dataset_config
+    from mist_core.presets import DATA_PRESETS, train_config
+    from mist_core.train import RunConfig, resolve
+
     at = f"cell ({dataset}, {method})"
     method_params: dict[str, Any] = {}
     dataset_params: dict[str, Any] = {}
@@ -287,40 +365,161 @@ def _cell(sweep: SweepConfig, dataset: str, method: str, method_cls: type, resol
     if sweep.resources.gpu > 0:
         train.setdefault("device", "cuda")
     run = dict(method=method, dataset=dataset, task=sweep.task, scale=sweep.scale, seed=sweep.search.seed,
-               method_params=method_params, dataset_params=dataset_params, train=train, cache_dir=sweep.cache_dir)
+               method_params=method_params, dataset_params=dataset_params, train=train,
+               cache_dir=None if sweep.cache_dir is None else _absolute(sweep.cache_dir))
     try:
-        resolved = resolve(run)
+        if method_cls is not None:
+            resolved = resolve(run)
+            method_cfg, dataset_cfg, train_cfg = resolved.method_cfg, resolved.dataset_cfg, resolved.train_cfg
+        else:
+            parse_config(RunConfig, run, where="run")
+            method_cfg = None
+            dataset_cfg = dataset_config(dataset, {**DATA_PRESETS[sweep.scale], **dataset_params})
+            train_cfg = train_config(sweep.scale, train)
+        # data folders absolute: trials run in other working directories
+        dataset_cfg = dataset_cfg.replace(**{k: _absolute(v) for k, v in dataset_cfg.model_dump().items()
+                                             if k.endswith("_dir") and isinstance(v, str)})
     except (ConfigError, KeyError, ValueError, TypeError) as e:
         return None, [f"{at}: " + str(e).replace("\n", "\n    ")]
     errors = []
-    for k, v in resolved.dataset_cfg.model_dump().items():
-        if k.endswith("_dir") and isinstance(v, str) and not Path(os.path.expanduser(v)).is_dir():
+    method_values = method_cfg.model_dump() if method_cfg is not None else method_params
+    for data, prefix in ((method_values, f"methods.{method}"), (dataset_cfg.model_dump(), f"datasets.{dataset}"),
+                         (train_cfg.model_dump(), "train")):
+        errors += [f"{at}: {e}" for k, v in data.items() for e in _nonfinite(v, f"{prefix}.{k}")]
+    for k, v in dataset_cfg.model_dump().items():
+        if k.endswith("_dir") and isinstance(v, str) and not Path(v).is_dir():
             errors.append(f"{at}: dataset {k}={v!r} is not a directory (this dataset needs your copy of the data)")
-    t = resolved.train_cfg
+    t = train_cfg
+    n_train = getattr(dataset_cfg, "n_train", None)
+    # a method with nothing to learn runs one pass with a partial batch; a learner's batches are whole
+    learns = getattr(method_cls, "learns", True) if method_cls is not None else False
+    if learns and isinstance(n_train, int) and t.batch_size > n_train:
+        errors.append(f"{at}: train.batch_size={t.batch_size} > datasets.{dataset}.n_train={n_train}: not one "
+                      "whole training batch")
+    errors += [f"{at}: {e}" for e in _device_problems(t.device, sweep.resources.gpu)]
     if t.max_steps < t.eval_every:
         errors.append(f"{at}: budget max_steps={t.max_steps} < train.eval_every={t.eval_every}: a trial would never "
                       "report before its end (no progress, no checkpoint, nothing for the scheduler)")
     if sweep.scheduler.type == "asha" and sweep.scheduler.grace_period > t.max_steps:
         errors.append(f"{at}: scheduler.grace_period={sweep.scheduler.grace_period} steps > max_steps={t.max_steps}: "
                       "no trial would reach ASHA's first rung")
-    space = dict(method_cls.search_space())
-    fields = set(method_cls.Config.model_fields)
-    for k, dom in space.items():
-        if k not in fields:
-            errors.append(f"{at}: {method}.search_space() names {k!r}, not a field of {method_cls.Config.__name__}")
-        if not isinstance(dom, (LogUniform, Uniform, IntRange, Choice)):
-            errors.append(f"{at}: {method}.search_space()[{k!r}] is a {type(dom).__name__}, not a search domain")
-    for k in method_params:  # a fixed parameter is not searched
-        space.pop(k, None)
-    defaults = {k: getattr(resolved.method_cfg, k) for k in space if k in fields}
+    space: dict[str, Any] = {}
+    if method_cls is not None:
+        space = dict(method_cls.search_space())
+        fields = set(method_cls.Config.model_fields)
+        for k, dom in space.items():
+            if k not in fields:
+                errors.append(f"{at}: {method}.search_space() names {k!r}, not a field of {method_cls.Config.__name__}")
+            if not isinstance(dom, (LogUniform, Uniform, IntRange, Choice)):
+                errors.append(f"{at}: {method}.search_space()[{k!r}] is a {type(dom).__name__}, not a search domain")
+        for k in method_params:  # a fixed parameter is not searched
+            space.pop(k, None)
     if errors:
         return None, errors
     try:
-        key = data_hash(resolved.dataset_cfg)
+        key = data_hash(dataset_cfg)
     except (ValueError, OSError) as e:  # mist_core.data.DataError: e.g. the user's data is not where it says
         return None, [f"{at}: {e}"]
-    cell = Cell(dataset, method, json.loads(json.dumps(run, default=list)), space, defaults, resolved.as_params(), key)
-    return cell, errors
+    # what trials run: every field explicit, so the run is the one validated here whatever the presets say later
+    run = {**run, "dataset_params": dataset_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json")}
+    if method_cfg is None:
+        params = {**{k: run[k] for k in ("method", "dataset", "task", "scale", "seed")},
+                  **{f"dataset.{k}": v for k, v in dataset_cfg.model_dump().items()},
+                  **{f"train.{k}": v for k, v in train_cfg.model_dump().items()}}
+        cell = Cell(dataset, method, json.loads(json.dumps(run, default=list)), {}, {}, params, key, imported=False)
+        return cell, []
+    run["method_params"] = method_cfg.model_dump(mode="json")
+    resolved = resolve(run)
+    defaults = {k: getattr(resolved.method_cfg, k) for k in space}
+    return Cell(dataset, method, json.loads(json.dumps(run, default=list)), space, defaults, resolved.as_params(),
+                key), []
+
+
+def _nonfinite(value: Any, path: str) -> list[str]:
+    """'path=inf: not a finite number' for every non-finite float in `value` (nested dicts, lists, tuples)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}={value}: not a finite number"]
+    if isinstance(value, dict):
+        return [e for k, v in value.items() for e in _nonfinite(v, f"{path}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [e for i, v in enumerate(value) for e in _nonfinite(v, f"{path}.{i}")]
+    return []
+
+
+def _device_problems(device: str, gpu: float) -> list[str]:
+    """A device a trial cannot use: an unknown name, CUDA without a GPU from Ray, a GPU index Ray does not give it,
+    MPS on a machine without it. (Whether the cluster has GPUs is checked once Ray is up: sweeps.cluster.)"""
+    m = DEVICE.match(device)
+    if m is None:
+        return [f"train.device={device!r}: unknown device (cpu, cuda, cuda:N or mps)"]
+    if device.startswith("cuda"):
+        if gpu <= 0:
+            return [f"train.device={device!r} but resources.gpu=0: Ray gives a trial no GPU unless it asks for one"]
+        visible = max(1, int(gpu))  # Ray shows a trial only its own GPUs, numbered from 0
+        index = int(m.group(2)[1:]) if m.group(2) else 0
+        if index >= visible:
+            return [f"train.device={device!r}: a trial with resources.gpu={gpu:g} sees GPUs 0..{visible - 1} only"]
+    if device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            return ["train.device='mps': this machine has no MPS device (torch.backends.mps.is_available() is False)"]
+    return []
+
+
+def where_problems(storage: str, tracking_uri: str, storage_field: str = "storage",
+                   uri_field: str = "tracking_uri") -> list[str]:
+    """Why the sweep could not write its storage folder or its MLflow store (local paths only: a URI such as
+    s3://... or http://... is for its server to judge), or why MLflow would not know the store's URI scheme."""
+    from sweeps import tracking
+
+    problems = []
+    if "://" not in storage:
+        p = _folder_problem(Path(_absolute(storage)))
+        if p:
+            problems.append(f"{storage_field} {storage!r}: {p}")
+    shown = tracking.redact_uri(tracking_uri)
+    scheme = tracking_uri.split("://", 1)[0] if "://" in tracking_uri else ""
+    known = _mlflow_schemes()
+    if scheme and known is not None and scheme.split("+", 1)[0] not in known:
+        problems.append(f"{uri_field} {shown!r}: unknown scheme {scheme!r}; MLflow's tracking stores: "
+                        f"{', '.join(sorted(k for k in known if k))} (or a local folder)")
+        return problems
+    uri = tracking.absolute_uri(tracking_uri)
+    db = tracking.sqlite_path(uri)
+    if db is not None:
+        if db.exists() and not db.is_file():
+            problems.append(f"{uri_field} {shown!r}: {tracking.redact_uri(str(db))} is not a file")
+        else:
+            p = _folder_problem(db.parent)
+            if p:
+                problems.append(f"{uri_field} {shown!r}: {p}")
+    elif "://" not in uri and not uri.startswith(("databricks", "uc", "file:")):  # a local folder store
+        p = _folder_problem(Path(uri))
+        if p:
+            problems.append(f"{uri_field} {shown!r}: {p}")
+    return problems
+
+
+def _folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be (made) a writable folder, looking only: its nearest existing ancestor decides."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder" if existing == path else f"it is under {existing}, a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable" if existing == path else f"{existing} (its nearest folder) is not writable"
+    return None
+
+
+def _mlflow_schemes() -> set[str] | None:
+    """The URI schemes MLflow has a tracking store for (plugins included); None if MLflow cannot tell."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    except ImportError:
+        return None
+    return set(getattr(_tracking_store_registry, "_registry", {})) or None
 
 
 def _message(where: str, errors: list[str]) -> str:

@@ -14,9 +14,10 @@ import signal
 import time
 from typing import Any
 
+from mist_core.config import ConfigError
 from sweeps import cluster, search, tracking
-from sweeps.config import Cell, Plan
-from sweeps.interrupts import Interrupted, raise_on_sigterm, tune_caught_sigint
+from sweeps.config import Cell, Plan, plan
+from sweeps.interrupts import Interrupted, deferred, sigterm_raises, tune_caught_sigint
 from sweeps.progress import SweepProgress, activate, say
 from sweeps.results import RESULTS_FILE, ResultsWriter
 from sweeps.store import SweepDir
@@ -53,18 +54,33 @@ class Sweep:
 
     # --- run ---------------------------------------------------------------------------------------------
     def run(self) -> int:
+        """The sweep, from the checks Ray is not needed for to the closed MLflow runs: 0 finished, 1 failed trials,
+        130 interrupted (SIGINT / SIGTERM); a ConfigError before anything starts."""
         self.t0 = time.time()
+        # what --check leaves out: module:Class methods imported (here, before Ray: fail fast) and checked, and the
+        # command line's storage and MLflow store
+        self.plan = plan(self.cfg, import_methods=True, storage=self.args.storage, tracking_uri=self.args.tracking_uri)
+        num_cpus = getattr(self.args, "num_cpus", None)
+        if num_cpus is not None and num_cpus < 1:
+            raise ConfigError(f"--num-cpus {num_cpus}: the local Ray instance needs at least one CPU (each trial asks "
+                              f"for resources.cpu={self.cfg.resources.cpu})")
         cluster.warn_if_temporary(self.cfg, self.args)
         state = self.store.open_state(self.cfg, self.args.resume, self.args.fresh, self.args.tracking_uri,
                                       say=lambda msg: say(self._info(), msg))
         import ray
 
-        raise_on_sigterm()  # e.g. `ray job stop`: close the MLflow runs on the way out
-        started_ray = cluster.init_ray(self.args)
+        self.ray_mode = cluster.init_ray(self.args)
         try:
-            return self._run(state)
+            with sigterm_raises():  # e.g. `ray job stop`: close the MLflow runs on the way out
+                cluster.check_resources(self.cfg, {str(c.params.get("train.device", "cpu")) for c in self.plan.cells},
+                                        local=self.ray_mode == "local")
+                self.store.begin()  # --fresh: the old sweep goes only now that nothing can refuse the new one
+                return self._run(state)
+        except KeyboardInterrupt as e:  # before the sweep's MLflow run was opened: nothing to close
+            say(self._info(), f"interrupted ({e or 'Ctrl-C'}) before the sweep started")
+            return 130
         finally:
-            if started_ray:
+            if self.ray_mode:
                 ray.shutdown()
 
     # --- what leaves this process (MLflow params and tags, Tune's config, the progress callback): no credential
@@ -111,13 +127,16 @@ class Sweep:
         tracking.describe_experiment(uri, experiment_id, tracking.redact_uri(self._note()))
         state["experiment_id"] = experiment_id
         self.store.write_state(state)
-        parent = tracking.open_sweep_run(uri, experiment_id, state["uid"], self.cfg.name,
-                                         tags=self.parent_tags(state), params=self.parent_params())
-        self.ctx = self.trial_ctx(state, uri, experiment_id, parent)
         self.info = self.progress_info(state, uri, experiment_id)
         activate(self.info)
         status, code = "FAILED", 1
+        with deferred() as pending:  # the parent run is opened, and then closed below, whatever signal comes
+            parent = tracking.open_sweep_run(uri, experiment_id, state["uid"], self.cfg.name,
+                                             tags=self.parent_tags(state), params=self.parent_params())
         try:
+            if pending:
+                raise KeyboardInterrupt("SIGTERM" if signal.SIGTERM in pending else "")
+            self.ctx = self.trial_ctx(state, uri, experiment_id, parent)
             best = {}
             for cell in self.plan.cells:
                 best[cell.key] = self._search(cell) if self.plan.needs_search(cell) else {}
@@ -133,11 +152,16 @@ class Sweep:
                 table = self._summary()
                 if table is not None:
                     self._log_summary(uri, parent, table)
-        except (KeyboardInterrupt, Interrupted) as e:
+        except (KeyboardInterrupt, SystemExit, Interrupted) as e:  # SystemExit: a signal handler Ray installed
             status, code = "KILLED", 130
             say(self.info, f"interrupted ({e or 'Ctrl-C'}): continue with {self._resume_command()}")
         finally:
-            closed = tracking.close_sweep_run(uri, experiment_id, state["uid"], parent, status)
+            with deferred():  # a second Ctrl-C must not leave runs RUNNING
+                if status != "FINISHED" and getattr(self, "ray_mode", ""):
+                    import ray
+
+                    ray.shutdown()  # the trials stop first: none may log, or open a run, after the runs are closed
+                closed = tracking.close_sweep_run(uri, experiment_id, parent, status)
             if closed:
                 say(self.info, f"{closed} trial run(s) left RUNNING by killed trials marked KILLED in MLflow")
         ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000"

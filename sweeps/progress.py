@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune import Callback
 
 from sweeps import tracking
-from sweeps.results import ResultsWriter, report_rows
+from sweeps.results import KEY, ResultsWriter, report_rows
 from sweeps.trial import trial_run_config
 
 __all__ = ["SweepProgress", "say", "activate", "PROGRESS_EVERY_S"]
@@ -89,7 +89,9 @@ class SweepProgress(Callback):
             return
         m = self._meta(trial)
         self.last[trial.trial_id] = rep
-        self.writer.add(report_rows(m, rep, result.get("time_total_s", math.nan)))
+        # a resumed trial reports again the steps after its checkpoint: the first rows stay, as in MLflow (TrialRun)
+        rows = report_rows(m, rep, result.get("time_total_s", math.nan))
+        self.writer.add([r for r in rows if tuple(r[k] for k in KEY) not in self.writer.rows])
         if time.monotonic() - self.last_flush > 10:
             self._flush()
         now = time.monotonic()

@@ -54,6 +54,7 @@ class SweepDir:
     def __init__(self, storage: str, name: str):
         self.root = storage_root(storage)
         self.path = join(self.root, name)
+        self.discard = False  # --fresh over an existing sweep: deleted by begin(), not by open_state()
 
     def join(self, *parts: str) -> str:
         return join(self.path, *parts)
@@ -74,8 +75,9 @@ class SweepDir:
         """The sweep's state: the stored one on a resume, else a new one (not written yet). Its tracking_uri is the
         real one (credential included, from --tracking-uri or the config): keep it in memory only.
 
-        An existing sweep without --resume is refused unless `fresh` (it is then deleted); a resume with a changed
-        config (other than WHERE_KEYS) or another MLflow store is refused."""
+        An existing sweep without --resume is refused unless `fresh` (it is then deleted by begin(), once everything
+        that could still refuse the new sweep has passed); a resume with a changed config (other than WHERE_KEYS) or
+        another MLflow store is refused. Nothing is written or deleted here."""
         state = self.read_json(SWEEP_FILE)
         want = cfg.canonical()
         if state is not None and not resume:
@@ -83,7 +85,7 @@ class SweepDir:
                 raise ConfigError(f"sweep {cfg.name!r} already exists at {self.path} (started "
                                   f"{state.get('created', '?')}): pass --resume to continue it, or --fresh to "
                                   "discard it and start over")
-            delete_dir(self.path)
+            self.discard = True
             state = None
         if state is not None:
             # sweep.json holds the config redacted: compare redacted with redacted
@@ -98,6 +100,12 @@ class SweepDir:
         uri = tracking.absolute_uri(tracking_uri or cfg.tracking_uri)
         return {"uid": uuid.uuid4().hex[:12], "created": time.strftime("%Y-%m-%d %H:%M:%S"), "config": want,
                 "tracking_uri": uri, "code_version": code_version()}
+
+    def begin(self) -> None:
+        """The sweep starts: an existing one that --fresh replaces is deleted now."""
+        if self.discard:
+            delete_dir(self.path)
+            self.discard = False
 
     def _resume_uri(self, cfg: SweepConfig, stored: str, given: str | None) -> str:
         """The real MLflow URI of a resumed sweep: the one asked for when it is the stored one (which sweep.json

@@ -8,7 +8,9 @@ artifacts = a figure (inputs / detections / reconstructions) and the final predi
 
 Ray's MLflowLoggerCallback is not used: after Tuner.restore it opened a second run for a resumed trial and left
 the first RUNNING. Here a trial's run is keyed by the tag mist.trial_key = <sweep uid>/<trial id>, which Tune keeps
-across restores, so a resumed trial continues its run (tag mist.attempts counts its starts).
+across restores, so a resumed trial continues its run (tag mist.attempts counts its starts). A resumed trial runs
+again the steps between its checkpoint and the interruption; a (metric, step) its run already holds is not logged
+again (one value per metric and step, the first).
 
 Credentials: a tracking URI such as http://user:secret@host:5000 is only ever printed, stored or logged as
 `redact_uri(uri)` (http://user:***@host:5000). The driver puts the real URI in its environment (URI_ENV), Tune
@@ -201,8 +203,15 @@ def describe_experiment(uri: str, experiment_id: str, note: str) -> None:
 
 
 def _find(client, experiment_id: str, tags: dict[str, str]) -> list:
+    """Every run of the experiment with these tags (all pages: a sweep may have hundreds of trials)."""
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    return list(_retry(client.search_runs, [experiment_id], filter_string=flt, max_results=50))
+    runs, token = [], None
+    while True:
+        page = _retry(client.search_runs, [experiment_id], filter_string=flt, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:
@@ -252,13 +261,14 @@ def open_sweep_run(uri: str, experiment_id: str, sweep_uid: str, name: str, tags
     return run.info.run_id
 
 
-def close_sweep_run(uri: str, experiment_id: str, sweep_uid: str, parent_run_id: str, status: str) -> int:
+def close_sweep_run(uri: str, experiment_id: str, parent_run_id: str, status: str) -> int:
     """Terminate the parent run; any trial run still RUNNING (its process was killed) becomes KILLED.
 
     Returns the number of trial runs closed that way."""
     client = _client(uri)
     n = 0
-    for run in _find(client, experiment_id, {TAG_SWEEP: sweep_uid, TAG_ROLE: "trial"}):
+    # by parent: every trial run has it from its creation
+    for run in _find(client, experiment_id, {PARENT_TAG: parent_run_id, TAG_ROLE: "trial"}):
         if run.info.status == "RUNNING":
             _retry(client.set_terminated, run.info.run_id, "KILLED")
             n += 1
@@ -305,16 +315,26 @@ class TrialRun:
             _retry(self.client.update_run, self.run_id, status="RUNNING")
             _retry(self.client.set_tag, self.run_id, TAG_ATTEMPTS, str(self.attempts))
             _log_params(self.client, self.run_id, params, existing=run.data.params)
+            # a resumed trial runs again the steps between its checkpoint and the interruption: the values logged
+            # then stay the only ones (MLflow would keep both, one (metric, step) with two values)
+            self.logged = {k: {m.step for m in _retry(self.client.get_metric_history, self.run_id, k)}
+                           for k in run.data.metrics}
         else:
             self.attempts = 1
             all_tags = {**_tag_strs(tags), PARENT_TAG: parent_run_id, TAG_TRIAL: trial_key, TAG_ROLE: "trial",
                         TAG_ATTEMPTS: "1"}
             self.run_id = _retry(self.client.create_run, experiment_id, run_name=run_name, tags=all_tags).info.run_id
             _log_params(self.client, self.run_id, params)
+            self.logged: dict[str, set[int]] = {}
         self.status = "RUNNING"
 
     def log_report(self, report: dict[str, float], step: int) -> None:
-        _log_metrics(self.client, self.run_id, {k: v for k, v in report.items() if k not in ("step", "final")}, step)
+        """Log a report's metrics at `step`, except those this run already holds at that step (see __init__)."""
+        new = {k: v for k, v in report.items() if k not in ("step", "final") and step not in self.logged.get(k, ())}
+        if new:
+            _log_metrics(self.client, self.run_id, new, step)
+        for k in new:
+            self.logged.setdefault(k, set()).add(step)
 
     def log_figure(self, fig, artifact_file: str) -> None:
         _retry(self.client.log_figure, self.run_id, fig, artifact_file)

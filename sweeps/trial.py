@@ -3,9 +3,10 @@
 A trial's Tune config holds `ctx` (the sweep: MLflow store, experiment and parent run, code version, fault hook,
 checkpoint interval), `phase` ("search" or "seeds"), `cell` (the cell's RunConfig dict and data hash, plus the
 `best` parameters of its search in phase 2) and either `tuned` (phase 1: the parameters Optuna picked) or `seed`
-(phase 2). The trial logs to its own MLflow run (`tracking.TrialRun`, continued after a resume or retry), reports
-every trainer report to Tune with a checkpoint of `Trainer.state_dict()` (at most every `checkpoint_interval_s`),
-restarts from Tune's checkpoint when there is one, and logs its figure and predictions before its final report
+(phase 2). The trial logs to its own MLflow run (`tracking.TrialRun`, continued after a resume or retry, where the
+steps it runs again are not logged a second time), reports every trainer report to Tune with a checkpoint of
+`Trainer.state_dict()` (at most every `checkpoint_interval_s`), restarts from Tune's checkpoint when there is one,
+and logs its figure and predictions before its final report
 (to MLflow, and with the heatmap of one test image at every report under <sweep>/trials/<trial>/ for the report:
 sweeps.artifacts).
 
@@ -30,7 +31,8 @@ FAULT_ENV = "MIST_SWEEP_FAULT"
 
 
 def trial_run_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The RunConfig (as a dict) of a trial's Tune config."""
+    """The RunConfig (as a dict) of a trial's Tune config: its cell's run as the plan resolved it (sweeps.config:
+    every field explicit), with the search's best parameters, Optuna's picks and the trial's seed on top."""
     cell = config["cell"]
     run = copy.deepcopy(cell["run"])
     run["method_params"] = {**run["method_params"], **cell.get("best", {}), **config.get("tuned", {})}
@@ -60,7 +62,7 @@ def trainable(config: dict[str, Any]) -> None:
     trial_id = tctx.get_trial_id()
     tags = {"method": run.method, "dataset": run.dataset, "table": ctx["table"], "seed": run.seed,
             "scale": run.scale, "task": run.task, "phase": phase, "sweep": ctx["sweep"], "trial_id": trial_id,
-            "code_version": ctx["code_version"], "data_hash": cell["data_hash"]}
+            "code_version": ctx["code_version"], "data_hash": cell["data_hash"], tracking.TAG_SWEEP: ctx["sweep_uid"]}
     mlrun = tracking.TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"],
                               tracking.trial_key(ctx["sweep_uid"], trial_id), tctx.get_trial_name(), tags,
                               resolved.as_params())

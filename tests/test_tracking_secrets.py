@@ -114,3 +114,16 @@ def test_trials_get_the_credential_through_the_environment(monkeypatch):
         tracking._retry(fails)
     assert SECRET not in str(err.value) and "alice:***@" in str(err.value)
     assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_refused_tracking_uri_is_named_without_its_credential(tmp_path):
+    """plan() refuses an MLflow URI it cannot use (here an unknown scheme, and a SQLite file under a regular file)
+    naming it, redacted."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for uri, needle in ((f"garbage://alice:{SECRET}@host/x", "unknown scheme 'garbage'"),
+                        (f"sqlite:///{blocker}/m.db?password={SECRET}", "is a file, not a folder")):
+        with pytest.raises(ConfigError) as err:
+            plan(parse_config(SweepConfig, _with(tracking_uri=uri)))
+        assert needle in str(err.value) and SECRET not in str(err.value), str(err.value)
+        assert "***" in str(err.value)
