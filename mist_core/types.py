@@ -57,17 +57,22 @@ class Prediction:
         B = batch_size
         needs = {"recon": "recon", "classify": "class_probs", None: None}[task]
         assert needs is None or getattr(self, needs) is not None, f"task {task!r} is scored on `{needs}`: it is None"
-        assert self.boxes.ndim == 3 and self.boxes.shape[0] == B and self.boxes.shape[2] == 4, self.boxes.shape
+        assert self.boxes.ndim == 3 and self.boxes.shape[0] == B and self.boxes.shape[2] == 4, \
+            f"boxes: shape {tuple(self.boxes.shape)}, expected ({B}, K, 4)"
         K = self.boxes.shape[1]
-        assert self.scores.shape == (B, K), (self.scores.shape, (B, K))
+        assert self.scores.shape == (B, K), f"scores: shape {tuple(self.scores.shape)}, expected {(B, K)}"
         if self.recon is not None:
-            assert self.recon.shape == (B, spec.channels, spec.height, spec.width), self.recon.shape
+            want = (B, spec.channels, spec.height, spec.width)
+            assert self.recon.shape == want, f"recon: shape {tuple(self.recon.shape)}, expected {want}"
         if self.class_probs is not None:
-            assert self.class_probs.shape == (B, K, spec.n_classes), self.class_probs.shape
+            want = (B, K, spec.n_classes)
+            assert self.class_probs.shape == want, f"class_probs: shape {tuple(self.class_probs.shape)}, expected {want}"
         if self.heatmap is not None:
-            assert self.heatmap.shape == (B, spec.height, spec.width), self.heatmap.shape
+            want = (B, spec.height, spec.width)
+            assert self.heatmap.shape == want, f"heatmap: shape {tuple(self.heatmap.shape)}, expected {want}"
         if self.patches is not None:
-            assert self.patches.ndim == 5 and self.patches.shape[:2] == (B, K), self.patches.shape
+            assert self.patches.ndim == 5 and self.patches.shape[:2] == (B, K), \
+                f"patches: shape {tuple(self.patches.shape)}, expected ({B}, {K}, C, p, p)"
         return self
 
     def detach_cpu(self) -> "Prediction":
