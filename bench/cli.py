@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench import ITEMS, SCHEMA_VERSION
 from bench.settings import Settings
+from sweeps.command import Parser
 from sweeps.results import write_atomic
 
 __all__ = ["main", "parse_args", "settings_from_args", "write_json_atomic"]
@@ -35,8 +36,8 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench", description="mist-bench performance benchmarks (bench/): "
-                                 "run the selected items, write one JSON file (python -m bench.table renders it)")
+    ap = Parser(prog="python -m bench", description="mist-bench performance benchmarks (bench/): "
+                "run the selected items, write one JSON file (python -m bench.table renders it)")
     ap.add_argument("--only", type=_csv, default=ITEMS, help=f"items to run, comma-separated ({','.join(ITEMS)})")
     ap.add_argument("--scales", type=_csv, help="smoke, quick, paper (default: quick; quick,paper on cuda)")
     ap.add_argument("--methods", type=_csv, default=(), help="methods for `steps` (default: every registered one)")
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sweep-seconds", type=float, help="training seconds per sweep trial (default 10; --tiny 1)")
     ap.add_argument("--tiny", action="store_true", help="everything shrunk to seconds (tests)")
     ap.add_argument("--out", required=True, help="the JSON file to write (its directory is created)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return ap.parse_args(argv)
 
 
@@ -120,13 +122,21 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sweeps.command import run_command
+
     a = parse_args(argv)
+    return run_command(lambda: _run(a, argv), a.debug)
+
+
+def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
+    from sweeps.command import CommandError, writable_file
+
     s = settings_from_args(a)
     try:
         _validate(a, s)
     except ValueError as e:
-        print(f"python -m bench: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from None
+    writable_file(a.out, "--out")   # before minutes of measuring, not after
     from bench.machine import machine_info
     from mist_core._runtime import configure_torch
 

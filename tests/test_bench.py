@@ -129,3 +129,15 @@ def test_oracle_ladder_at_smoke_scale(tmp_path, capsys):
     assert ladder.main(["table", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| classify | task_on_gt | 0 | 2 |" in table and "1.000 (2)" in table
+
+
+@pytest.mark.parametrize("argv,needle", [(["--only", "nope"], "--only: unknown item(s) nope"),
+                                          (["--only", "data", "--tiny"], "cannot create its folder")])
+def test_bench_errors_are_one_line_before_any_work(tmp_path, capsys, argv, needle):
+    from bench.cli import main
+
+    (tmp_path / "a-file").write_text("x")
+    assert main([*argv, "--out", str(tmp_path / "a-file" / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mist-bench: error: ") and needle in err, err
+    assert "[bench] data" not in err                                       # nothing measured first
