@@ -4,9 +4,10 @@ object-oriented API (matplotlib.figure.Figure, rendered by Agg) so importing thi
 
 Arrays follow mist_core.types: images (N,C,H,W) in [0,1] (uint8 is divided by 255), boxes (N,K,4) pixels
 (x0,y0,x1,y1), scores (N,K), recon (N,C,H,W), class_probs (N,K,10), heatmap (N,H,W), patches (N,K,C,p,p),
-gt_counts (N,). Detections shown per image = the top gt_count by score (all K without gt_counts), as det_rate.
+gt_counts (N,), gt_boxes (N,G,4) (an image's first gt_count rows are its instances). Detections shown per image =
+the top gt_count by score (all K without gt_counts), as det_rate.
 
-    example_figure(**np.load("predictions.npz"))                     # paper Figures 3 and 5
+    example_figure(**np.load("predictions.npz"))                     # paper Figures 3 and 5 (a trial's npz)
     methods_figure({"mist": npz_a, "grid": npz_b})                    # paper Figure 2
     heatmap_figure(**np.load("heatmaps_over_time.npz"))               # paper Figure 7 (c)
     learning_curve_figure(rows, "recon", x="core_seconds")           # test metrics over training
@@ -30,8 +31,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from analysis.paper import (METHOD_LABELS, REFERENCE_METHODS, dataset_label, headline_metric, lower_is_better,
                             method_label, metric_label)
 
-__all__ = ["to_data_uri", "example_figure", "methods_figure", "heatmap_figure", "learning_curve_figure",
-           "loss_figure", "quality_cost_figure", "method_color"]
+__all__ = ["to_data_uri", "evenly_spaced", "example_figure", "methods_figure", "heatmap_figure",
+           "learning_curve_figure", "loss_figure", "quality_cost_figure", "method_color"]
 
 _ORDER = list(METHOD_LABELS)
 HEAT_CMAP = "magma"  # perceptually uniform, readable in grey print
@@ -51,6 +52,11 @@ def to_data_uri(fig: Figure, dpi: int = 80) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def evenly_spaced(n: int, cap: int) -> np.ndarray:
+    """Indices of at most `cap` of n items evenly spaced over them, the first and the last included (none if n = 0)."""
+    return np.unique(np.linspace(0, n - 1, min(cap, n)).round().astype(int))
 
 
 def _img(x: np.ndarray) -> np.ndarray:
@@ -93,10 +99,12 @@ def _crop(img: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def example_figure(images: np.ndarray, boxes: np.ndarray, scores: np.ndarray, recon: np.ndarray | None = None,
                    class_probs: np.ndarray | None = None, patches: np.ndarray | None = None,
-                   heatmap: np.ndarray | None = None, gt_counts: np.ndarray | None = None, n_examples: int = 2,
-                   max_patches: int = 9, title: str = "", **_: Any) -> Figure:
-    """Paper Figures 3 / 5: per example, input | detections | reconstruction | heatmap on top, and below one
-    column per shown detection: the input crop under its box, and the task network's per-patch output."""
+                   heatmap: np.ndarray | None = None, gt_counts: np.ndarray | None = None,
+                   gt_boxes: np.ndarray | None = None, n_examples: int = 2, max_patches: int = 9, title: str = "",
+                   **_: Any) -> Figure:
+    """Paper Figures 3 / 5: per example, input (with its first gt_count ground-truth boxes when given) | detections
+    with their scores | reconstruction | heatmap on top, and below one column per shown detection: the input crop
+    under its box, and the task network's per-patch output."""
     n = min(n_examples, len(images))
     fig = Figure(figsize=(9, 3.6 * n), layout="constrained")
     if title:
@@ -121,6 +129,8 @@ def example_figure(images: np.ndarray, boxes: np.ndarray, scores: np.ndarray, re
                 top.colorbar(ax.images[0], ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
             if with_boxes:
                 _boxes(ax, boxes[i][shown], labels)
+            elif name == "input" and gt_boxes is not None:
+                _boxes(ax, gt_boxes[i][:count], color="deepskyblue")
         if len(idx) == 0:
             continue
         axs = np.asarray(bottom.subplots(strips, len(idx), squeeze=False))
@@ -162,7 +172,7 @@ def heatmap_figure(steps: np.ndarray, heatmaps: np.ndarray, image: np.ndarray | 
                    max_snapshots: int = 10, title: str = "", **_: Any) -> Figure:
     """Paper Figure 7 (c): the heatmap of one image over training, up to `max_snapshots` evenly spaced, each
     min-max normalised alone (its shape is what changes; its scale is the method's), one shared colour bar."""
-    t = np.unique(np.linspace(0, len(steps) - 1, min(max_snapshots, len(steps))).round().astype(int))
+    t = evenly_spaced(len(steps), max_snapshots)
     h = np.asarray(heatmaps, dtype=np.float64)[t]                               # (T, H, W)
     lo, hi = h.min(axis=(1, 2), keepdims=True), h.max(axis=(1, 2), keepdims=True)
     h = (h - lo) / np.where(hi > lo, hi - lo, 1.0)

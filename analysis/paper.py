@@ -12,12 +12,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-__all__ = ["Row", "Column", "TableSpec", "TABLES", "METHOD_LABELS", "DATASET_LABELS", "METRIC_LABELS",
+__all__ = ["Row", "Column", "TableSpec", "TABLES", "METHOD_LABELS", "METHOD_NOTES", "DATASET_LABELS", "METRIC_LABELS",
            "LOWER_IS_BETTER", "REFERENCE_METHODS", "method_label", "dataset_label", "metric_label", "lower_is_better", "headline_metric"]
 
 METHOD_LABELS: dict[str, str] = {"mist": "MIST", "grid": "Grid", "channelwise": "Ch.-wise", "air": "Esl16",
                                  "zhang": "Zha18", "supervised": "Supervised", "trivial": "Trivial",
                                  "kmeans": "k-means floor", "ptopk": "Perturbed top-K"}
+# What each method is, one line each, for the report's reader (who may not know the baselines by their short names).
+METHOD_NOTES: dict[str, str] = {
+    "mist": "MIST: heatmap network, top-K keypoints (E_K), patch task network; trained by lifting (Algorithm 1).",
+    "ptopk": "Perturbed top-K: MIST's heatmap and task networks, presets and losses; only the training of the "
+             "selection differs, E_K relaxed by the perturbed top-K of Cordonnier et al. 2021 instead of lifted. "
+             "Its difference from MIST is the effect of lifting against relaxation.",
+    "grid": "Grid: MIST's task network on a fixed grid of patches, nothing localised.",
+    "channelwise": "Ch.-wise: one heatmap channel per instance, a soft-argmax keypoint each, MIST's task network.",
+    "air": "Esl16: Attend-Infer-Repeat, a sequential variational model (one object per step).",
+    "zhang": "Zha18: unsupervised landmarks by an image-reconstruction bottleneck.",
+    "supervised": "Supervised: MIST's networks trained on the ground-truth boxes (an upper line).",
+    "trivial": "Trivial (reference): the mean training image, no boxes.",
+    "kmeans": "k-means floor (reference): k-means of ink pixels per image, no learning.",
+}
 # Not competitors: lines every learned method is read against (the mean image; k-means of ink, no learning).
 REFERENCE_METHODS: tuple[str, ...] = ("trivial", "kmeans")
 DATASET_LABELS: dict[str, str] = {"mnist_easy": "MNIST easy", "mnist_hard": "MNIST hard", "gabor": "Gabor",

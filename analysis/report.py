@@ -25,7 +25,7 @@ import pandas as pd
 
 from analysis import figures
 from analysis.compare import CONFIDENCE, N_RESAMPLES, comparisons
-from analysis.paper import METHOD_LABELS, TABLES, dataset_label, method_label
+from analysis.paper import METHOD_LABELS, METHOD_NOTES, TABLES, dataset_label, method_label
 from analysis.tables import (FLAG, LEGEND, all_tables, check_rows, cost_table, format_cost, format_summary,
                              method_summary, table_view, to_html, to_latex, to_markdown, trial_summary)
 
@@ -229,8 +229,10 @@ def _summary(df: pd.DataFrame) -> str:
     lis = "".join(f"<li><b>{k}</b>: {html.escape(', '.join(v))}</li>" for k, v in items.items())
     warn = ("<p class='note'><b>Several scales are mixed in these rows; the tables pool them.</b></p>"
             if len(items["scales"]) > 1 else "")
+    notes = [METHOD_NOTES[m] for m in sorted(t["method"].astype(str).unique()) if m in METHOD_NOTES]
+    methods = f"<p class='note'>{'<br>'.join(html.escape(n) for n in notes)}</p>" if notes else ""
     return (f"<ul>{lis}<li><b>trials</b>: {len(t)} ({int((t['phase'] == 'search').sum())} search, "
-            f"{int((t['phase'] == 'seeds').sum())} seeds), {len(df):,} rows</li></ul>{warn}")
+            f"{int((t['phase'] == 'seeds').sum())} seeds), {len(df):,} rows</li></ul>{warn}{methods}")
 
 
 def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_dir: str | Path | None = None,
@@ -302,10 +304,23 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_dir: str | Path | 
     return path
 
 
-def log_to_mlflow(out_dir: Path, experiment: str, tracking_uri: str | None = None) -> str:
-    """Log the report folder as artifacts of a new run named 'benchmark-report'; return the run id."""
+def log_to_mlflow(out_dir: Path, experiment: str | None = None, tracking_uri: str | None = None,
+                  sweep_dir: str | Path | None = None) -> str:
+    """Log the report folder as artifacts under report/; return the run id. With `sweep_dir` (a sweep folder with
+    its sweep.json): on that sweep's parent run, in its MLflow store unless `tracking_uri` is given. Otherwise on a
+    new run named 'benchmark-report' in `experiment`."""
+    if sweep_dir is not None:
+        from sweeps import store, tracking  # analysis does not need sweeps unless it reports on one
+
+        state = store.SweepDir(str(Path(sweep_dir).parent), Path(sweep_dir).name).read_json(store.SWEEP_FILE)
+        if not state or "experiment_id" not in state:
+            raise FileNotFoundError(f"{sweep_dir}: no {store.SWEEP_FILE} naming the sweep's MLflow experiment")
+        return tracking.log_sweep_artifacts(tracking_uri or state["tracking_uri"], state["experiment_id"],
+                                            state["uid"], out_dir, "report")
     import mlflow  # slow import: only when asked
 
+    if experiment is None:
+        raise ValueError("log_to_mlflow: name an experiment or a sweep folder")
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
@@ -343,6 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.mlflow_experiment:
             run_id = log_to_mlflow(path.parent, a.mlflow_experiment, a.tracking_uri)
             print(f"logged to MLflow experiment {a.mlflow_experiment!r}, run {run_id}", file=sys.stderr)
+        elif (Path(a.source) / "sweep.json").is_file():   # a sweep folder: the report goes on its parent run too
+            try:
+                run_id = log_to_mlflow(path.parent, tracking_uri=a.tracking_uri, sweep_dir=a.source)
+                print(f"logged on the sweep's MLflow run {run_id}, under report/", file=sys.stderr)
+            except Exception as e:  # noqa: BLE001 - the report is written; MLflow may be elsewhere or down
+                from sweeps.tracking import redact_uri
+
+                print(redact_uri(f"report: not logged to MLflow ({type(e).__name__}: {e})"), file=sys.stderr)
         print(path)
         return 0
 

@@ -16,5 +16,6 @@ sweeps.store      the sweep's directory on storage (sweep.json, best parameters)
 sweeps.cluster    joining or starting Ray; warnings about paths other nodes cannot reach
 sweeps.interrupts Ctrl-C and SIGTERM: the sweep ends as interrupted, resumable
 sweeps.tracking   MLflow: one parent run per sweep, one nested run per trial (found again after a resume)
+sweeps.artifacts  a trial's files: predictions (one npz), figures during training, heatmap snapshots
 sweeps.results    tidy rows -> storage/<sweep>/results.parquet, `load_results(path)`
 """

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+from pathlib import Path
 
 from sweeps.command import Parser, positive_int, run_command, writable_file
 
@@ -38,7 +40,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"train: {len(trainer.splits.train):,} training images; training {trainer.budget_steps():,} steps...",
           file=sys.stderr, flush=True)
     result = trainer.run()
-    print(json.dumps(result.metrics, indent=1, sort_keys=True))
+    # an undefined metric (no detection: no matched IoU) is null, not JSON's invalid NaN
+    print(json.dumps({k: v if math.isfinite(v) else None for k, v in result.metrics.items()}, indent=1, sort_keys=True))
     if out is not None:
         out.write_text(json.dumps({"config": cfg.model_dump(), "history": result.history}, indent=1))
         print(f"train: config and history in {out}", file=sys.stderr)
@@ -82,7 +85,8 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     code = run_sweep(sweep, storage=a.storage, resume=a.resume, fresh=a.fresh)
     if code:
         return code
-    print(report_sweep(SweepDir(a.storage, sweep.name).path))  # the report's path: the last line
+    built = Path(SweepDir(a.storage, sweep.name).path) / "report" / "report.html"   # the driver builds it at the end
+    print(built if built.exists() else report_sweep(built.parent.parent))          # the report's path: the last line
     return 0
 
 

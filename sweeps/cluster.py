@@ -31,6 +31,10 @@ AUTOSCALER_HEAD_FILE = "~/ray_bootstrap_config.yaml"  # written by `ray up` on a
 CONNECT_TIMEOUT_ENV = "MIST_RAY_CONNECT_TIMEOUT_S"
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
+# read when Ray is imported: two seeds' progress lines alike within 5 s would be merged into one
+# "[repeated 2x across cluster]" line
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
 
 def connect_timeout() -> float:
     """Seconds to wait for a cluster to answer: CONNECT_TIMEOUT_ENV, default 30."""

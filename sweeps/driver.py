@@ -3,15 +3,19 @@
 One Tune experiment per search cell (storage/<sweep>/search-<dataset>-<method>) and one for the seeds
 (storage/<sweep>/seeds), each restored from storage when it exists (a resumed sweep keeps its finished trials; the
 unfinished and errored ones resume from their last checkpoint). The sweep is one MLflow parent run, opened here and
-closed here with the sweep's status; its trials are `sweeps.trial.trainable`, watched by `SweepProgress`.
+closed here with the sweep's status; its trials are `sweeps.trial.trainable`, watched by `SweepProgress`. A finished
+sweep's parent run holds each cell's final metrics over seeds (`Sweep.summary_metrics`) and the report, built here.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import shlex
 import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from mist_core.config import ConfigError
@@ -23,9 +27,22 @@ from sweeps.results import RESULTS_FILE, ResultsWriter
 from sweeps.store import SweepDir
 from sweeps.trial import FAULT_ENV, trainable, trial_name
 
-__all__ = ["Sweep", "SEEDS_EXPERIMENT"]
+__all__ = ["Sweep", "SEEDS_EXPERIMENT", "mlflow_ui"]
 
 SEEDS_EXPERIMENT = "seeds"
+
+
+def mlflow_ui(uri: str, experiment_id: str) -> str:
+    """Where to read the sweep's runs: the URL of the experiment in MLflow's "Model training" view (MLflow 3 opens
+    experiments in its GenAI view otherwise), preceded for a local store by the command that serves it."""
+    view = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{view}"
+    if uri.startswith("databricks"):
+        return f"{uri}, experiment {experiment_id}"
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = str(exe) if exe.is_file() else "mlflow"
+    return f"{cmd} ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1, then http://127.0.0.1:5000/{view}"
 
 
 class Sweep:
@@ -67,6 +84,7 @@ class Sweep:
         cluster.warn_if_temporary(self.cfg, self.args)
         state = self.store.open_state(self.cfg, self.args.resume, self.args.fresh, self.args.tracking_uri,
                                       say=lambda msg: say(self._info(), msg))
+        say(self._info(), f"{len(self.plan.cells)} cells, {self.plan.n_trials()} trials: starting Ray...")
         import ray
 
         self.ray_mode = cluster.init_ray(self.args)
@@ -91,8 +109,11 @@ class Sweep:
                                        tracking.NOTE: self._note()})
 
     def parent_params(self) -> dict[str, Any]:
-        """Params of the sweep's parent MLflow run: the config, flattened (tracking_uri and storage redacted)."""
-        return tracking.redact_values(_flat(self.cfg.canonical()))
+        """Params of the sweep's parent MLflow run: the config, flattened, with the storage and the MLflow store this
+        run uses, absolute (as the storage tag), redacted."""
+        where = {"storage": self.root, "tracking_uri": tracking.absolute_uri(self.args.tracking_uri or
+                                                                             self.cfg.tracking_uri)}
+        return tracking.redact_values({**_flat(self.cfg.canonical()), **where})
 
     def trial_ctx(self, state: dict[str, Any], uri: str, experiment_id: str, parent: str) -> dict[str, Any]:
         """The `ctx` of every trial's Tune config (Tune writes it into params.json, result.json, its state).
@@ -129,6 +150,7 @@ class Sweep:
         self.store.write_state(state)
         self.info = self.progress_info(state, uri, experiment_id)
         activate(self.info)
+        say(self.info, f"MLflow: {mlflow_ui(uri, experiment_id)}")
         status, code = "FAILED", 1
         with deferred() as pending:  # the parent run is opened, and then closed below, whatever signal comes
             parent = tracking.open_sweep_run(uri, experiment_id, state["uid"], self.cfg.name,
@@ -152,6 +174,7 @@ class Sweep:
                 table = self._summary()
                 if table is not None:
                     self._log_summary(uri, parent, table)
+                self._report(uri)
         except (KeyboardInterrupt, SystemExit, Interrupted) as e:  # SystemExit: a signal handler Ray installed
             status, code = "KILLED", 130
             say(self.info, f"interrupted ({e or 'Ctrl-C'}): continue with {self._resume_command()}")
@@ -164,9 +187,8 @@ class Sweep:
                 closed = tracking.close_sweep_run(uri, experiment_id, parent, status)
             if closed:
                 say(self.info, f"{closed} trial run(s) left RUNNING by killed trials marked KILLED in MLflow")
-        ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000"
         say(self.info, f"done: {status}. Tidy results: {self.info['results_path']}. MLflow: "
-                       f"{ui}/#/experiments/{experiment_id}?workflowType=machine_learning")
+                       f"{mlflow_ui(uri, experiment_id)}")
         return code
 
     # --- the two phases ----------------------------------------------------------------------------------
@@ -255,26 +277,59 @@ class Sweep:
                   every_trial_ends=True)
 
     # --- the end -----------------------------------------------------------------------------------------
+    def summary_metrics(self) -> tuple[str, ...]:
+        """The metrics of the parent run's summary: the search metric and those the report's tables show for the
+        task (recon: rmse, det_rate, ap_iou50)."""
+        from analysis.tables import TASK_METRICS
+
+        return tuple(dict.fromkeys([self.cfg.search.metric, *TASK_METRICS.get(self.cfg.task, ())]))
+
     def _summary(self):
+        """Per (dataset, method, metric), the final evaluations' mean, std and count over the seeds; printed."""
         import pandas as pd
 
         w = ResultsWriter(self.info["results_path"])
         if not w.rows:
             return None
         df = pd.DataFrame(list(w.rows.values()))
-        df = df[df["final"] & (df["phase"] == "seeds") & (df["metric"] == self.cfg.search.metric)]
+        df = df[df["final"] & (df["phase"] == "seeds") & df["metric"].isin(self.summary_metrics())]
         if df.empty:
             return None
-        t = df.groupby(["dataset", "method"])["value"].agg(["mean", "std", "count"])
-        say(self.info, f"{self.cfg.search.metric} over seeds (final evaluation):\n{t.to_string()}")
+        t = df.groupby(["dataset", "method", "metric"])["value"].agg(["mean", "std", "count"])
+        shown = pd.Series([_mean_std(a, b) for a, b in zip(t["mean"], t["std"])], index=t.index).unstack("metric")
+        shown = shown[[m for m in self.summary_metrics() if m in shown.columns]]
+        seeds = t["count"].groupby(["dataset", "method"]).max().rename("seeds")
+        say(self.info, "final evaluation over seeds (mean ± std):\n" + shown.join(seeds).fillna("n/a").to_string())
         return t
 
     def _log_summary(self, uri: str, parent: str, table) -> None:
-        """Per cell, the metric's mean and std over seeds on the parent run: readable without expanding it."""
-        m = self.cfg.search.metric
+        """Per cell and metric, the mean and std over seeds on the parent run (`<dataset>/<method>/<metric>_mean`):
+        readable without expanding it; an undefined value (one seed's std) is left out."""
         tracking.log_metrics(uri, parent, {f"{d}/{meth}/{m}_{stat}": float(row[stat])
-                                           for (d, meth), row in table.iterrows() for stat in ("mean", "std")
-                                           if math.isfinite(row[stat])})
+                                           for (d, meth, m), row in table.iterrows() for stat in ("mean", "std")})
+
+    def _report(self, uri: str) -> None:
+        """Build the sweep's report (report/ in the sweep folder) and log it on the parent run; a failure to do so
+        is a line, not a failed sweep (`mist-bench report` builds it again)."""
+        if "://" in self.dir:
+            say(self.info, f"report: not built here ({self.dir} is not a local folder); build it where it is mounted")
+            return
+        from analysis.report import log_to_mlflow, report_sweep
+
+        try:
+            path = report_sweep(self.dir)
+            log_to_mlflow(path.parent, tracking_uri=uri, sweep_dir=self.dir)
+        except Exception as e:  # noqa: BLE001 - the sweep's results are safe; only the report is missing
+            say(self.info, f"report: not built or not logged ({type(e).__name__}: {e})")
+            return
+        say(self.info, f"report: {path} (and on the sweep's MLflow run, under report/)")
+
+
+def _mean_std(mean: float, std: float) -> str:
+    """'0.2 ± 0.01'; '0.2' when the std is undefined (one seed); 'n/a' when the mean is."""
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.4g} ± {std:.2g}" if math.isfinite(std) else f"{mean:.4g}"
 
 
 def _trial_cell(cell: Cell, **extra) -> dict[str, Any]:

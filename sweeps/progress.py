@@ -14,12 +14,13 @@ from ray.tune import Callback
 
 from sweeps import tracking
 from sweeps.results import KEY, ResultsWriter, report_rows
-from sweeps.trial import trial_run_config
+from sweeps.trial import shown_metrics, trial_run_config
 
 __all__ = ["SweepProgress", "say", "activate", "PROGRESS_EVERY_S"]
 
 log = logging.getLogger("sweeps")
-PROGRESS_EVERY_S = 30.0  # a trial's progress line at most this often (its first and final reports always)
+PROGRESS_EVERY_S = 30.0  # a trial's report line at most this often (its final report always); between reports the
+                         # trial prints its own line (sweeps.trial.HEARTBEAT_S)
 _ACTIVE: dict[str, dict[str, Any]] = {}  # results path -> the running sweep's info, for restored callbacks
 
 
@@ -97,8 +98,7 @@ class SweepProgress(Callback):
         now = time.monotonic()
         if rep.get("final") or now - self.said.get(trial.trial_id, -math.inf) >= PROGRESS_EVERY_S:
             self.said[trial.trial_id] = now
-            metric = self.info["metric"]
-            shown = f"{metric}={rep[metric]:.4g}" if metric in rep else ""
+            shown = shown_metrics(rep, dict.fromkeys([self.info["metric"], "det_rate"]))  # undefined: n/a
             tag = "final" if rep.get("final") else f"step {int(rep['step'])}"
             say(self.info, f"{m['phase']:6s} {m['dataset']}/{m['method']} s{m['seed']} {trial.trial_id}: "
                            f"{tag} {shown} ({result.get('time_total_s', 0):.1f} s)")

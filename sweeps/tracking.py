@@ -3,8 +3,10 @@
 The driver prepares the store once (`prepare`: a fresh SQLite file is created here, before any trial, because two
 trials creating it at once raced with "duplicate column name"), opens the sweep's parent run and, at the end,
 terminates whatever a killed trial left RUNNING. Each trial logs from inside its own process with an MlflowClient
-(`TrialRun`): params = the resolved config (Resolved.as_params()), metrics at every report with their step,
-artifacts = a figure (inputs / detections / reconstructions) and the final predictions (npz).
+(`TrialRun`): params = the resolved config (Resolved.as_params()), metrics at every report with their step (a
+non-finite value, e.g. the mean IoU of a method that matched nothing, is left out), artifacts = sweeps.artifacts
+(example figures at several evaluations, the final predictions as npz). The parent run holds the sweep's config,
+its summary over seeds and, once built, its report (`log_sweep_artifacts`).
 
 Ray's MLflowLoggerCallback is not used: after Tuner.restore it opened a second run for a resumed trial and left
 the first RUNNING. Here a trial's run is keyed by the tag mist.trial_key = <sweep uid>/<trial id>, which Tune keeps
@@ -21,19 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
-
 __all__ = ["redact_uri", "redact_values", "credential_uri", "credential_env", "URI_ENV", "REDACTED", "TrackingError",
            "absolute_uri", "sqlite_path", "prepare", "open_sweep_run", "close_sweep_run", "log_metrics", "TrialRun",
-           "trial_key", "find_trial_run", "terminate_if_running", "make_figure", "save_predictions", "TAG_SWEEP",
-           "TAG_TRIAL", "TAG_ROLE", "TAG_ATTEMPTS"]
+           "trial_key", "find_trial_run", "terminate_if_running", "log_sweep_artifacts", "TAG_SWEEP", "TAG_TRIAL",
+           "TAG_ROLE", "TAG_ATTEMPTS"]
 
 TAG_SWEEP = "mist.sweep_uid"
 TAG_TRIAL = "mist.trial_key"
@@ -236,7 +236,8 @@ def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> N
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    # MLflow stores NaN, and its UI charts and compares it as a number: an undefined metric is not logged
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
     for chunk in _chunks(items, 1000):
         _retry(client.log_batch, run_id, metrics=chunk)
 
@@ -277,8 +278,21 @@ def close_sweep_run(uri: str, experiment_id: str, parent_run_id: str, status: st
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    """Log {name: value} on a run (e.g. the sweep's summary on its parent run)."""
+    """Log {name: value} on a run (e.g. the sweep's summary on its parent run); non-finite values are left out."""
     _log_metrics(_client(uri), run_id, metrics, step)
+
+
+def log_sweep_artifacts(uri: str, experiment_id: str, sweep_uid: str, local_dir: str | os.PathLike,
+                        artifact_path: str) -> str:
+    """Log the files of `local_dir` under `artifact_path` on the sweep's parent run (finished or not); its run id.
+    Raises TrackingError when the store holds no parent run of that sweep."""
+    client = _client(uri)
+    found = _find(client, experiment_id, {TAG_SWEEP: sweep_uid, TAG_ROLE: "sweep"})
+    if not found:
+        raise TrackingError(f"MLflow {redact_uri(uri)}, experiment {experiment_id}: no run of sweep {sweep_uid}")
+    run_id = found[0].info.run_id
+    _retry(client.log_artifacts, run_id, str(local_dir), artifact_path)
+    return run_id
 
 
 def trial_key(sweep_uid: str, trial_id: str) -> str:
@@ -350,87 +364,3 @@ class TrialRun:
         if self.status == "RUNNING":
             _retry(self.client.set_terminated, self.run_id, status)
             self.status = status
-
-
-# --- artifacts --------------------------------------------------------------------------------------------
-def _top_boxes(pred, i: int, count: int) -> np.ndarray:
-    boxes, scores = pred.boxes[i].numpy(), pred.scores[i].numpy()  # (K, 4), (K,)
-    order = np.argsort(-scores, kind="stable")[: max(count, 0)]
-    return boxes[order]
-
-
-def _show(ax, img: np.ndarray) -> None:
-    img = np.asarray(img, dtype=np.float32)  # (C, H, W)
-    if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(np.clip(img[:3].transpose(1, 2, 0), 0, 1))
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def make_figure(pred, data, n: int = 6, title: str = ""):
-    """Rows: inputs (ground-truth boxes), detections (top-`count` boxes by score), reconstructions, heatmaps."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    n = min(n, pred.boxes.shape[0], len(data))
-    images = data.float_images(slice(0, n))  # (n, C, H, W)
-    rows = [("input + ground truth", "gt"), ("detections", "det")]
-    if pred.recon is not None:
-        rows.append(("reconstruction", "recon"))
-    if pred.heatmap is not None:
-        rows.append(("heatmap", "heat"))
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.9 * n, 1.9 * len(rows) + 0.4), squeeze=False)
-    for r, (label, kind) in enumerate(rows):
-        for i in range(n):
-            ax = axes[r, i]
-            count = int(data.counts[i])
-            if kind == "recon":
-                _show(ax, pred.recon[i].numpy())
-            elif kind == "heat":
-                ax.imshow(pred.heatmap[i].numpy(), cmap="viridis")
-                ax.set_xticks([])
-                ax.set_yticks([])
-            else:
-                _show(ax, images[i])
-                boxes = data.boxes[i, :count] if kind == "gt" else _top_boxes(pred, i, count)
-                color = "lime" if kind == "gt" else "red"
-                for x0, y0, x1, y1 in np.asarray(boxes, dtype=float):
-                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.2, ec=color))
-            if i == 0:
-                ax.set_ylabel(label, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def save_predictions(pred, path: str | os.PathLike) -> Path:
-    """The final predictions as a compressed npz (reconstructions and heatmaps in float16)."""
-    arrays: dict[str, np.ndarray] = {"boxes": pred.boxes.numpy(), "scores": pred.scores.numpy()}
-    if pred.class_probs is not None:
-        arrays["class_probs"] = pred.class_probs.numpy()
-    if pred.recon is not None:
-        arrays["recon"] = pred.recon.numpy().astype(np.float16)
-    if pred.heatmap is not None:
-        arrays["heatmap"] = pred.heatmap.numpy().astype(np.float16)
-    path = Path(path)
-    np.savez_compressed(path, **arrays)
-    return path
-
-
-def log_outputs(run: TrialRun, pred, data, title: str) -> None:
-    """The trial's figure and its final predictions."""
-    import matplotlib.pyplot as plt
-
-    fig = make_figure(pred, data, title=title)
-    try:
-        run.log_figure(fig, "figures/examples.png")
-    finally:
-        plt.close(fig)
-    with tempfile.TemporaryDirectory() as d:
-        run.log_file(save_predictions(pred, Path(d) / "predictions.npz"), "predictions")

@@ -6,9 +6,10 @@ checkpoint interval), `phase` ("search" or "seeds"), `cell` (the cell's RunConfi
 (phase 2). The trial logs to its own MLflow run (`tracking.TrialRun`, continued after a resume or retry, where the
 steps it runs again are not logged a second time), reports every trainer report to Tune with a checkpoint of
 `Trainer.state_dict()` (at most every `checkpoint_interval_s`), restarts from Tune's checkpoint when there is one,
-and logs its figure and predictions before its final report
-(to MLflow, and with the heatmap of one test image at every report under <sweep>/trials/<trial>/ for the report:
-sweeps.artifacts).
+and leaves its outputs (sweeps.artifacts): example figures at evaluations on its MLflow run, its final predictions
+(one npz, in MLflow and under <sweep>/trials/<trial>/ for the report) before its final report, and the heatmap of
+one test image from the untrained model on. Between evaluations it prints a line (step, steps/s, training loss) at
+least every HEARTBEAT_S seconds of training; metrics that are undefined (NaN) show as n/a.
 
 The test hook FAULT_ENV (see sweeps.run) reaches the trials through `ctx["fault"]`.
 """
@@ -25,9 +26,10 @@ from typing import Any
 from sweeps import artifacts, tracking
 from sweeps.store import join
 
-__all__ = ["trainable", "trial_run_config", "trial_name", "FAULT_ENV"]
+__all__ = ["trainable", "trial_run_config", "trial_name", "shown_metrics", "FAULT_ENV", "HEARTBEAT_S"]
 
 FAULT_ENV = "MIST_SWEEP_FAULT"
+HEARTBEAT_S = 20.0  # below the 30 s a researcher should wait for a line: evaluations add their own time
 
 
 def trial_run_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -86,40 +88,44 @@ def trainable(config: dict[str, Any]) -> None:
     def on_report(rep: dict[str, float], trainer) -> None:
         metrics = {k: float(v) for k, v in rep.items()}
         metrics.setdefault("final", 0.0)
-        mlrun.log_report(metrics, step=int(metrics["step"]))
+        step = int(metrics["step"])
+        mlrun.log_report(metrics, step=step)
         if history is not None:
-            history.add(trainer.method, int(metrics["step"]))
+            history.add(trainer.method, step)
         if metrics["final"]:
             final.update(metrics)  # reported to Tune after the artifacts are safe (Tune may stop us at any report)
             return
+        outputs.evaluation(trainer.method, step, _title(run, step, metrics))
         report(metrics, trainer)
-        if fault is not None and int(metrics["step"]) >= fault:
-            raise RuntimeError(f"{FAULT_ENV}: failing on purpose after step {int(metrics['step'])}")
+        if fault is not None and step >= fault:
+            raise RuntimeError(f"{FAULT_ENV}: failing on purpose after step {step}")
 
     try:
         trainer = Trainer(resolved)
+        outputs = artifacts.TrialOutputs(mlrun, trainer.splits.test, trial_dir, trainer.tcfg.eval_every,
+                                         trainer.budget_steps())
         if trial_dir is not None:
             history = artifacts.HeatmapHistory(trainer.splits.test)
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 trainer.load_state_dict(torch.load(Path(d) / "state.pt", weights_only=True))
+        if history is not None and trainer.step == 0:
+            history.add(trainer.method, 0)                          # the untrained model's heatmap
+        _heartbeat(trainer, f"[{ctx['sweep']}] {tctx.get_trial_name()}")
         result = trainer.run(on_report, progress=False)
         if result.example is not None:
-            n = result.example.boxes.shape[0]
-            score = _shown(final, ("rmse", "det_rate", "both"))
-            title = f"{run.method} on {run.dataset}, seed {run.seed}, step {trainer.step}: {score}"
-            tracking.log_outputs(mlrun, result.example, trainer.splits.test.subset(n), title)
-            if trial_dir is not None:                               # the report's figures (sweeps.artifacts)
-                artifacts.write_npz(join(trial_dir, "predictions.npz"),
-                                    artifacts.prediction_arrays(result.example, trainer.splits.test))
+            outputs.final(result.example, trainer.step, _title(run, trainer.step, final))
+            if history is not None:
                 history.write(trial_dir)
-        shown = _shown(final, [k for k in final if k not in ("step", "final", "seconds", "core_seconds")])
+        shown = shown_metrics(final, [k for k in final if k not in ("step", "final", "seconds", "core_seconds")])
         mlrun.set_tags({tracking.NOTE: f"**{run.method}** on **{run.dataset}**, seed {run.seed}, phase {phase} "
                                        f"(Tune trial {tctx.get_trial_name()}), {trainer.step} steps, "
                                        f"{trainer.train_seconds:.1f} s of training.\n\nFinal test metrics: {shown}."
-                                       "\n\nArtifacts: figures/examples.png (inputs with ground truth, "
-                                       "detections, reconstructions), predictions/predictions.npz."})
+                                       "\n\nArtifacts: figures/step_NNNNNN.png (inputs with ground truth, "
+                                       "detections with scores, reconstructions) at evaluations and at the end; "
+                                       f"predictions/{artifacts.PREDICTIONS} (the first {artifacts.N_EXAMPLES} test "
+                                       "images with the final predictions)."})
         mlrun.finish("FINISHED")
         finished = True
         report(final, trainer)
@@ -134,9 +140,34 @@ def trainable(config: dict[str, Any]) -> None:
         raise
 
 
-def _shown(metrics: dict[str, float], keys) -> str:
-    """"k=v, k=v" for those of `keys` that `metrics` holds, in the order of `keys`."""
-    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+def shown_metrics(metrics: dict[str, float], keys) -> str:
+    """"k=v, k=v" for those of `keys` that `metrics` holds, in the order of `keys`; an undefined value is n/a."""
+    return ", ".join(f"{k}={metrics[k]:.4g}" if math.isfinite(metrics[k]) else f"{k}=n/a" for k in keys
+                     if k in metrics)
+
+
+def _title(run, step: int, metrics: dict[str, float]) -> str:
+    return (f"{run.method} on {run.dataset}, seed {run.seed}, step {step}: "
+            + shown_metrics(metrics, ("rmse", "det_rate", "both")))
+
+
+def _heartbeat(trainer, label: str, every_s: float = HEARTBEAT_S) -> None:
+    """Print `label`: step, steps/s and the primary training loss at most every `every_s` s, between evaluations.
+    The Trainer has no per-step hook, so this wraps its method's train_step (on the instance, not the class)."""
+    step_fn, budget = trainer.method.train_step, trainer.budget_steps()
+    last = {"t": time.monotonic(), "step": trainer.step}
+
+    def train_step(batch):
+        losses = step_fn(batch)
+        now, step = time.monotonic(), trainer.step + 1            # the trainer counts the step after this returns
+        if now - last["t"] >= every_s:
+            rate = (step - last["step"]) / (now - last["t"])
+            loss = shown_metrics({f"train_{k}": v for k, v in losses.items()}, [f"train_{k}" for k in losses][:1])
+            print(f"{label}: step {step}/{budget}, {rate:.2f} steps/s, {loss}", flush=True)
+            last.update(t=now, step=step)
+        return losses
+
+    trainer.method.train_step = train_step
 
 
 def _fault(spec: str | None, run, phase: str, attempt: int) -> int | None:

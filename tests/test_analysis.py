@@ -193,6 +193,8 @@ def test_report_content(tmp_path: Path) -> None:
         assert {f"learning curves ({task}) against training steps",
                 f"learning curves ({task}) against training core-seconds"} <= set(alts)
     assert page.index("Learning curves (test metrics)") < page.index("Training losses (method-internal)")
+    assert "Grid: MIST&#x27;s task network on a fixed grid of patches" in page          # what each method is
+    assert "Perturbed top-K:" not in page                                   # only the methods of this run
 
 
 def test_learning_curves_plot_mean_band_and_reference() -> None:
@@ -220,11 +222,31 @@ def test_heatmap_history_and_figure(tmp_path: Path) -> None:
     assert len(keep) == MAX_SNAPSHOTS == 12 and keep[0] == 0 and keep[-1] == 24 and set(np.diff(keep)) <= {2, 3}
     h.maps = [None] * 5
     assert list(h.evenly_spaced()) == [0, 1, 2, 3, 4]
+    assert list(figures.evenly_spaced(9, 8)) == [0, 1, 2, 3, 5, 6, 7, 8] and len(figures.evenly_spaced(0, 8)) == 0
     fig = figures.heatmap_figure(np.arange(100, 1100, 100), np.random.default_rng(0).random((10, 8, 8)),
                                  image=np.zeros((1, 8, 8)))
     shown = [a for a in fig.axes if a.get_title().startswith("step ")]
     assert len(shown) == 10 and shown[0].images[0].get_cmap().name == "magma"
     assert len(fig.axes) == 12  # the image, 10 snapshots, the colour bar
+
+
+def test_example_figure_draws_ground_truth_and_scored_detections() -> None:
+    """The input panel holds the image's gt_count ground-truth boxes; the detections panel its top gt_count boxes by
+    score, each labelled with its score."""
+    from matplotlib.patches import Rectangle
+
+    from analysis import figures
+
+    gt = np.zeros((1, 3, 4))
+    gt[0, :2] = [[1, 1, 9, 9], [10, 10, 20, 20]]                           # 2 instances, one padding row
+    boxes = np.array([[[0, 0, 8, 8], [2, 2, 6, 6], [12, 12, 18, 18]]])
+    fig = figures.example_figure(np.zeros((1, 1, 24, 24)), boxes, np.array([[0.9, 0.1, 0.5]]),
+                                 gt_counts=np.array([2]), gt_boxes=gt, n_examples=1)
+    panel = {a.get_title(): a for a in fig.axes}
+    rects = {t: [p.get_xy() for p in panel[t].patches if isinstance(p, Rectangle)] for t in ("input", "detections")}
+    assert rects["input"] == [(0.5, 0.5), (9.5, 9.5)]
+    assert rects["detections"] == [(-0.5, -0.5), (11.5, 11.5)]                # scores 0.9 and 0.5, not 0.1
+    assert [t.get_text() for t in panel["detections"].texts] == ["0.90", "0.50"]
 
 
 def test_main_logs_the_report_to_mlflow(tmp_path: Path) -> None:

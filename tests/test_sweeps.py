@@ -258,7 +258,7 @@ class TestSmokeSweep:
                 hist = client.get_metric_history(r.info.run_id, "rmse")
                 assert sorted(m.step for m in hist) == [3, 6]  # every report, with its step, exactly once
                 arts = [a.path for a in client.list_artifacts(r.info.run_id, "figures")]
-                assert arts == ["figures/examples.png"]
+                assert arts == ["figures/step_000003.png", "figures/step_000006.png"]  # each evaluation, the end
                 assert [a.path for a in client.list_artifacts(r.info.run_id, "predictions")] == [
                     "predictions/predictions.npz"]
         df = load_results(s["tmp"] / "runs" / "smoke-test")
@@ -292,8 +292,9 @@ class TestSmokeSweep:
             assert hist.is_file() == (r.method == "mist")
             if r.method == "mist":
                 with np.load(hist) as z:
-                    steps = list(z["steps"])   # every report once (the resumed trial: from its checkpoint on)
-                    assert steps in ([3, 6], [6]) and z["heatmaps"].shape == (len(steps), *z["image"].shape[-2:])
+                    # the untrained model and every report once (the resumed trial: from its checkpoint on)
+                    steps = list(z["steps"])
+                    assert steps in ([0, 3, 6], [6]) and z["heatmaps"].shape == (len(steps), *z["image"].shape[-2:])
         assert report_main([str(sweep), "--out", str(tmp_path / "report")]) == 0
         page = (tmp_path / "report" / "report.html").read_text()
         assert "no predictions.npz" not in page and "Heatmap during training" in page
