@@ -35,6 +35,7 @@ __all__ = ["RunConfig", "Resolved", "resolve", "Trainer", "RunResult", "predict_
 
 log = logging.getLogger("mist_core.train")
 Callback = Callable[[dict[str, float], "Trainer"], "bool | None"]
+HEARTBEAT_S = 30.0   # with progress on, a line at least this often
 
 
 class RunConfig(StrictConfig):
@@ -215,6 +216,7 @@ class Trainer:
         sums: dict[str, float] = {}
         n_since = 0
         stop = False
+        last_line = time.perf_counter()
         while self.budget_left() and not stop:
             batch = self._next_batch()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -229,12 +231,18 @@ class Trainer:
                     raise FloatingPointError(f"{self.cfg.method}: loss {k} is {v} at step {self.step}")
                 sums[k] = sums.get(k, 0.0) + v
             n_since += 1
+            if progress and time.perf_counter() - last_line >= HEARTBEAT_S:   # between evaluations a minute apart
+                first = next(iter(sums), None)
+                loss = f", train {first} {sums[first] / n_since:.4g}" if first else ""
+                log.info(f"step {self.step}/{self.budget_steps()} ({self.train_seconds / self.step:.2f} s/step){loss}")
+                last_line = time.perf_counter()
             if self.step % self.tcfg.eval_every == 0 and self.budget_left():
                 report = self._report(sums, n_since, self.tcfg.eval_images)[0]
                 sums, n_since = {}, 0
                 history.append(report)
                 if progress:
                     log.info(_fmt(report))
+                    last_line = time.perf_counter()
                 stop = bool(callback and callback(report, self))
         report, example = self._report(sums, n_since, self.tcfg.final_eval_images, final=True)
         history.append(report)

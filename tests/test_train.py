@@ -93,3 +93,16 @@ def test_resume_sees_the_batches_of_an_unbroken_run(splits, tmp_path):
     for k, m in a.method.modules().items():
         for (name, p), q in zip(m.state_dict().items(), c.method.modules()[k].state_dict().values()):
             assert torch.equal(p, q), f"{k}.{name} differs after the resumed run"
+
+
+def test_progress_says_something_between_evaluations(splits, monkeypatch, caplog):
+    import logging
+
+    from mist_core import train
+
+    monkeypatch.setattr(train, "HEARTBEAT_S", 0.0)                          # every step is "30 s later"
+    with caplog.at_level(logging.INFO, logger="mist_core.train"):
+        trainer(splits, max_steps=3, eval_every=100).run(progress=True)
+    beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [b.split(" (")[0] for b in beats] == ["step 1/3", "step 2/3", "step 3/3"], beats
+    assert all(", train " in b for b in beats), beats                       # the first loss, named
