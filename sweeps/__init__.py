@@ -10,6 +10,7 @@ sweeps.config     the schema of a sweep config and its validation (every (datase
 sweeps.run        the command line (`main(argv)`, `run_sweep`)
 sweeps.driver     the runner: phase 1 Optuna search per cell, phase 2 the best config on every seed
 sweeps.search     phase 1 in Tune's terms: search space, Optuna searcher, ASHA, the best trial
+sweeps.spec       what one trial runs: a typed, frozen TrialSpec built from the plan, carried by Tune
 sweeps.trial      the Tune trainable: one trial = one Trainer run, checkpointed, in its own MLflow run
 sweeps.progress   the driver's Tune callback: progress lines, tidy rows, no trial run left RUNNING
 sweeps.store      the sweep's directory on storage (sweep.json, best parameters) and --resume / --fresh

@@ -12,11 +12,10 @@ file's folder (load_sweep); the plan holds them absolute, since trials run in ot
 
     sweep = load_sweep("sweeps/configs/table1.yaml")
     p = plan(sweep)            # raises ConfigError
-    for cell in p.cells: ...   # cell.run: the resolved RunConfig dict trials run (seed = search seed)
+    for cell in p.cells: ...   # cell.run: the resolved RunConfig trials run (seed = search seed)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,8 +30,9 @@ from pydantic import Field, field_validator
 from mist_core.config import ConfigError, StrictConfig, load_yaml, parse_config
 from mist_core.method import Choice, IntRange, LogUniform, Uniform
 from mist_core.presets import Scale
+from mist_core.train import RunConfig, resolve
 
-__all__ = ["Budget", "Search", "Scheduler", "Resources", "Override", "SweepConfig", "Cell", "Plan",
+__all__ = ["Budget", "Search", "Scheduler", "Resources", "Override", "SweepConfig", "Cell", "Plan", "flat_params",
            "load_sweep", "find_config", "plan", "where_problems", "CONFIG_DIR"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -195,17 +195,20 @@ def _expand(x: Any, where: str) -> Any:
 class Cell:
     dataset: str
     method: str
-    run: dict[str, Any]               # the RunConfig (JSON data) its trials run: every method, dataset and train
-                                      # field resolved and explicit, data folders absolute; seed = the search seed
+    run: RunConfig                    # what its trials run: every method, dataset and train field resolved and
+                                      # explicit, data folders absolute; seed = the search seed
     space: dict[str, Any]             # field -> LogUniform | Uniform | IntRange | Choice (fixed params removed)
     defaults: dict[str, Any]          # the method's value of each searched field
-    params: dict[str, Any]            # Resolved.as_params() of the defaults
     data_hash: str                    # identifies the dataset's content (its cache key)
     imported: bool = True             # False: a module:Class method left unimported (--check): its config unchecked
 
     @property
     def key(self) -> str:
         return f"{self.dataset}__{self.method}"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return flat_params(self.run)
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,15 @@ class Plan:
         return lines
 
 
+def flat_params(run: RunConfig) -> dict[str, Any]:
+    """A run's loggable parameters as Resolved.as_params() has them: for an explicit run (a cell's), the same values,
+    without resolving it again."""
+    out: dict[str, Any] = {k: getattr(run, k) for k in ("method", "dataset", "task", "scale", "seed")}
+    for prefix, params in (("method", run.method_params), ("dataset", run.dataset_params), ("train", run.train)):
+        out.update({f"{prefix}.{k}": v for k, v in params.items()})
+    return out
+
+
 RECON_ONLY = {"rmse"}
 CLASSIFY_ONLY = {"cls_acc", "both"}
 
@@ -250,15 +262,11 @@ def _known_metrics() -> set[str]:
 
 def data_hash(dataset_cfg: StrictConfig) -> str:
     """The dataset's cache key (name, full config, source-data fingerprint), as mist_core.data computes it."""
-    try:
-        from mist_core.data.cache import cache_key
-        from mist_core.data.registry import ENTRIES, dataset_name
+    from mist_core.data.cache import cache_key
+    from mist_core.data.registry import ENTRIES, dataset_name
 
-        name = dataset_name(dataset_cfg)
-        return cache_key(name, dataset_cfg, ENTRIES[name].fingerprint(dataset_cfg))[:24]
-    except (ImportError, AttributeError, KeyError):  # a data layer without these: hash the config ourselves
-        blob = json.dumps({"type": type(dataset_cfg).__name__, **dataset_cfg.model_dump(mode="json")}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    name = dataset_name(dataset_cfg)
+    return cache_key(name, dataset_cfg, ENTRIES[name].fingerprint(dataset_cfg))[:24]
 
 
 def plan(sweep: SweepConfig, *, import_methods: bool = False, storage: str | None = None,
@@ -350,7 +358,6 @@ def _cell(sweep: SweepConfig, dataset: str, method: str, method_cls: type | None
     """The cell's resolved run, or the problems found. `method_cls` None: the method is not imported (--check)."""
     from mist_core.data import dataset_config
     from mist_core.presets import DATA_PRESETS, train_config
-    from mist_core.train import RunConfig, resolve
 
     at = f"cell ({dataset}, {method})"
     method_params: dict[str, Any] = {}
@@ -423,16 +430,9 @@ def _cell(sweep: SweepConfig, dataset: str, method: str, method_cls: type | None
     # what trials run: every field explicit, so the run is the one validated here whatever the presets say later
     run = {**run, "dataset_params": dataset_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json")}
     if method_cfg is None:
-        params = {**{k: run[k] for k in ("method", "dataset", "task", "scale", "seed")},
-                  **{f"dataset.{k}": v for k, v in dataset_cfg.model_dump().items()},
-                  **{f"train.{k}": v for k, v in train_cfg.model_dump().items()}}
-        cell = Cell(dataset, method, json.loads(json.dumps(run, default=list)), {}, {}, params, key, imported=False)
-        return cell, []
-    run["method_params"] = method_cfg.model_dump(mode="json")
-    resolved = resolve(run)
-    defaults = {k: getattr(resolved.method_cfg, k) for k in space}
-    return Cell(dataset, method, json.loads(json.dumps(run, default=list)), space, defaults, resolved.as_params(),
-                key), []
+        return Cell(dataset, method, parse_config(RunConfig, run, where="run"), {}, {}, key, imported=False), []
+    resolved = resolve({**run, "method_params": method_cfg.model_dump(mode="json")})
+    return Cell(dataset, method, resolved.run, space, {k: getattr(resolved.method_cfg, k) for k in space}, key), []
 
 
 def _nonfinite(value: Any, path: str) -> list[str]:

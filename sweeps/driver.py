@@ -22,10 +22,11 @@ from mist_core.config import ConfigError
 from sweeps import cluster, search, tracking
 from sweeps.config import Cell, Plan, plan
 from sweeps.interrupts import Interrupted, deferred, sigterm_raises, tune_caught_sigint
-from sweeps.progress import SweepProgress, activate, say
+from sweeps.progress import SweepInfo, SweepProgress, activate, say
 from sweeps.results import RESULTS_FILE, ResultsWriter
+from sweeps.spec import SweepContext, TrialSpec, trial_name
 from sweeps.store import SweepDir
-from sweeps.trial import FAULT_ENV, trainable, trial_name
+from sweeps.trial import FAULT_ENV, trainable
 
 __all__ = ["Sweep", "SEEDS_EXPERIMENT", "mlflow_ui"]
 
@@ -51,9 +52,7 @@ class Sweep:
         self.store = SweepDir(args.storage or self.cfg.storage, self.cfg.name)
         self.root, self.dir = self.store.root, self.store.path
         self.errors: list[str] = []
-
-    def _info(self) -> dict[str, Any]:
-        return {"sweep": self.cfg.name, "t0": getattr(self, "t0", time.time())}
+        self.info = SweepInfo(self.cfg.name, time.time(), self.cfg.search.metric, self.store.join(RESULTS_FILE))
 
     def _resume_command(self) -> str:
         argv = [a for a in getattr(self.args, "argv", [self.args.config]) if a not in ("--resume", "--fresh")]
@@ -73,7 +72,6 @@ class Sweep:
     def run(self) -> int:
         """The sweep, from the checks Ray is not needed for to the closed MLflow runs: 0 finished, 1 failed trials,
         130 interrupted (SIGINT / SIGTERM); a ConfigError before anything starts."""
-        self.t0 = time.time()
         # what --check leaves out: module:Class methods imported (here, before Ray: fail fast) and checked, and the
         # command line's storage and MLflow store
         self.plan = plan(self.cfg, import_methods=True, storage=self.args.storage, tracking_uri=self.args.tracking_uri)
@@ -83,8 +81,8 @@ class Sweep:
                               f"for resources.cpu={self.cfg.resources.cpu})")
         cluster.warn_if_temporary(self.cfg, self.args)
         state = self.store.open_state(self.cfg, self.args.resume, self.args.fresh, self.args.tracking_uri,
-                                      say=lambda msg: say(self._info(), msg))
-        say(self._info(), f"{len(self.plan.cells)} cells, {self.plan.n_trials()} trials: starting Ray...")
+                                      say=lambda msg: say(self.info, msg))
+        say(self.info, f"{len(self.plan.cells)} cells, {self.plan.n_trials()} trials: starting Ray...")
         import ray
 
         self.ray_mode = cluster.init_ray(self.args)
@@ -95,7 +93,7 @@ class Sweep:
                 self.store.begin()  # --fresh: the old sweep goes only now that nothing can refuse the new one
                 return self._run(state)
         except KeyboardInterrupt as e:  # before the sweep's MLflow run was opened: nothing to close
-            say(self._info(), f"interrupted ({e or 'Ctrl-C'}) before the sweep started")
+            say(self.info, f"interrupted ({e or 'Ctrl-C'}) before the sweep started")
             return 130
         finally:
             if self.ray_mode:
@@ -115,19 +113,12 @@ class Sweep:
                                                                              self.cfg.tracking_uri)}
         return tracking.redact_values({**_flat(self.cfg.canonical()), **where})
 
-    def trial_ctx(self, state: dict[str, Any], uri: str, experiment_id: str, parent: str) -> dict[str, Any]:
-        """The `ctx` of every trial's Tune config (Tune writes it into params.json, result.json, its state).
-        Storage paths stay as given: the trials write there (Tune keeps the storage path in its state anyway)."""
-        return {"sweep": self.cfg.name, "sweep_uid": state["uid"], "table": self.cfg.table,
-                "tracking_uri": tracking.redact_uri(uri), "experiment_id": experiment_id, "parent_run_id": parent,
-                "code_version": state["code_version"], "fault": os.environ.get(FAULT_ENV),
-                "checkpoint_interval_s": self.cfg.checkpoint_interval_s, "trials_dir": self.store.join("trials")}
-
-    def progress_info(self, state: dict[str, Any], uri: str, experiment_id: str) -> dict[str, Any]:
-        """The progress callback's info (Tune pickles the callback with the experiment, in storage)."""
-        return {**self._info(), "t0": self.t0, "table": self.cfg.table, "metric": self.cfg.search.metric,
-                "results_path": self.store.join(RESULTS_FILE), "tracking_uri": tracking.redact_uri(uri),
-                "experiment_id": experiment_id, "sweep_uid": state["uid"]}
+    def trial_ctx(self, state: dict[str, Any], uri: str, experiment_id: str, parent: str) -> SweepContext:
+        """The sweep's part of every trial's spec. Storage paths stay as given: the trials write there."""
+        return SweepContext(name=self.cfg.name, uid=state["uid"], table=self.cfg.table,
+                            tracking_uri=tracking.redact_uri(uri), experiment_id=experiment_id, parent_run_id=parent,
+                            code_version=state["code_version"], fault=os.environ.get(FAULT_ENV),
+                            checkpoint_interval_s=self.cfg.checkpoint_interval_s, trials_dir=self.store.join("trials"))
 
     def _run(self, state: dict[str, Any]) -> int:
         import ray
@@ -141,14 +132,13 @@ class Sweep:
         import ray
 
         cluster.warn_if_unshared(uri, self.root)
-        say(self._info(), f"{len(self.plan.cells)} cells, {self.plan.n_trials()} trials; Ray: "
-                          f"{cluster.alive_nodes()} node(s), {ray.cluster_resources().get('CPU', 0):g} CPU, "
-                          f"{ray.cluster_resources().get('GPU', 0):g} GPU; storage {self.dir}; MLflow {uri}")
+        say(self.info, f"{len(self.plan.cells)} cells, {self.plan.n_trials()} trials; Ray: "
+                       f"{cluster.alive_nodes()} node(s), {ray.cluster_resources().get('CPU', 0):g} CPU, "
+                       f"{ray.cluster_resources().get('GPU', 0):g} GPU; storage {self.dir}; MLflow {uri}")
         experiment_id = tracking.prepare(uri, self.cfg.name)
         tracking.describe_experiment(uri, experiment_id, tracking.redact_uri(self._note()))
         state["experiment_id"] = experiment_id
         self.store.write_state(state)
-        self.info = self.progress_info(state, uri, experiment_id)
         activate(self.info)
         say(self.info, f"MLflow: {mlflow_ui(uri, experiment_id)}")
         status, code = "FAILED", 1
@@ -187,7 +177,7 @@ class Sweep:
                 closed = tracking.close_sweep_run(uri, experiment_id, parent, status)
             if closed:
                 say(self.info, f"{closed} trial run(s) left RUNNING by killed trials marked KILLED in MLflow")
-        say(self.info, f"done: {status}. Tidy results: {self.info['results_path']}. MLflow: "
+        say(self.info, f"done: {status}. Tidy results: {self.info.results_path}. MLflow: "
                        f"{mlflow_ui(uri, experiment_id)}")
         return code
 
@@ -248,7 +238,7 @@ class Sweep:
         s = self.cfg.search
         tune_config = self._tune_config(metric=s.metric, mode=s.mode, search_alg=search.searcher(self.cfg, cell),
                                         scheduler=search.scheduler(self.cfg, cell), num_samples=s.num_samples)
-        space = {"ctx": self.ctx, "phase": "search", "cell": _trial_cell(cell), "tuned": search.tune_space(cell)}
+        space = {"spec": TrialSpec.planned(self.ctx, "search", cell).model_dump(), "tuned": search.tune_space(cell)}
         name = f"search-{cell.dataset}-{cell.method}"
         say(self.info, f"{name}: {s.num_samples} Optuna trials over {sorted(cell.space)}")
         grid = self._fit(name, self._tuner(name, space, tune_config),
@@ -269,10 +259,10 @@ class Sweep:
         """Phase 2: every cell, with its best parameters, on every seed: one grid, no early stopping."""
         from ray import tune
 
-        cells = [_trial_cell(c, best=best[c.key]) for c in self.plan.cells]
-        space = {"ctx": self.ctx, "phase": "seeds", "cell": tune.grid_search(cells),
-                 "seed": tune.grid_search(list(self.cfg.seeds))}
-        say(self.info, f"seeds: {len(cells)} cell(s) x {len(self.cfg.seeds)} seed(s)")
+        specs = [TrialSpec.planned(self.ctx, "seeds", c, seed=seed, params=best[c.key]).model_dump()
+                 for c in self.plan.cells for seed in self.cfg.seeds]
+        space = {"spec": tune.grid_search(specs)}
+        say(self.info, f"seeds: {len(self.plan.cells)} cell(s) x {len(self.cfg.seeds)} seed(s)")
         self._fit(SEEDS_EXPERIMENT, self._tuner(SEEDS_EXPERIMENT, space, self._tune_config(num_samples=1)),
                   every_trial_ends=True)
 
@@ -288,7 +278,7 @@ class Sweep:
         """Per (dataset, method, metric), the final evaluations' mean, std and count over the seeds; printed."""
         import pandas as pd
 
-        w = ResultsWriter(self.info["results_path"])
+        w = ResultsWriter(self.info.results_path)
         if not w.rows:
             return None
         df = pd.DataFrame(list(w.rows.values()))
@@ -330,11 +320,6 @@ def _mean_std(mean: float, std: float) -> str:
     if not math.isfinite(mean):
         return "n/a"
     return f"{mean:.4g} ± {std:.2g}" if math.isfinite(std) else f"{mean:.4g}"
-
-
-def _trial_cell(cell: Cell, **extra) -> dict[str, Any]:
-    """A cell as a trial's config holds it (sweeps.trial): its RunConfig dict and data hash, plus `extra`."""
-    return {"run": cell.run, "data_hash": cell.data_hash, **extra}
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -8,32 +8,48 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ray.tune import Callback
 
 from sweeps import tracking
+from sweeps.config import flat_params
 from sweeps.results import KEY, ResultsWriter, report_rows
-from sweeps.trial import shown_metrics, trial_run_config
+from sweeps.spec import TrialSpec
+from sweeps.trial import shown_metrics
 
-__all__ = ["SweepProgress", "say", "activate", "PROGRESS_EVERY_S"]
+__all__ = ["SweepInfo", "SweepProgress", "say", "activate", "PROGRESS_EVERY_S"]
 
 log = logging.getLogger("sweeps")
 PROGRESS_EVERY_S = 30.0  # a trial's report line at most this often (its final report always); between reports the
                          # trial prints its own line (sweeps.trial.HEARTBEAT_S)
-_ACTIVE: dict[str, dict[str, Any]] = {}  # results path -> the running sweep's info, for restored callbacks
 
 
-def activate(info: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class SweepInfo:
+    """The driver's lines and its progress callback (Tune pickles it with the experiment): what they need of the
+    sweep. Each trial's own (MLflow store, experiment, uid) is in its spec."""
+
+    sweep: str
+    t0: float              # when the driver started (time.time()): lines show the time since
+    metric: str            # the search metric, shown on each report line
+    results_path: str
+
+
+_ACTIVE: dict[str, SweepInfo] = {}  # results path -> the running sweep's info, for restored callbacks
+
+
+def activate(info: SweepInfo) -> None:
     """Make `info` (this driver's sweep info) the one that callbacks of this sweep use, restored ones included."""
-    _ACTIVE[info["results_path"]] = info
+    _ACTIVE[info.results_path] = info
 
 
-def say(info: dict[str, Any], msg: str) -> None:
-    """Print `msg` prefixed with the sweep's name and the minutes:seconds since info["t0"]; URIs redacted."""
-    elapsed = time.time() - info.get("t0", time.time())
+def say(info: SweepInfo, msg: str) -> None:
+    """Print `msg` prefixed with the sweep's name and the minutes:seconds since it started; URIs redacted."""
+    elapsed = time.time() - info.t0
     msg = tracking.redact_uri(msg)  # a backstop: callers pass redacted URIs, but messages may quote errors
-    print(f"[{info['sweep']} {int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {msg}", flush=True)
+    print(f"[{info.sweep} {int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {msg}", flush=True)
 
 
 def _tune_keys() -> set[str]:
@@ -50,18 +66,15 @@ class SweepProgress(Callback):
     Tune pickles its callbacks with the experiment and restores them on Tuner.restore, so all live state is
     rebuilt in setup() from the files beside the sweep."""
 
-    def __init__(self, info: dict[str, Any]):
+    def __init__(self, info: SweepInfo):
         self.info = info
 
-    def __getstate__(self):
+    def __getstate__(self):  # pickled: the info only (setup() makes the rest)
         return {"info": self.info}
 
-    def __setstate__(self, state):
-        self.info = state["info"]
-
     def setup(self, **kwargs):
-        self.info = _ACTIVE.get(self.info["results_path"], self.info)  # this driver's, after a restore
-        self.writer = ResultsWriter(self.info["results_path"])
+        self.info = _ACTIVE.get(self.info.results_path, self.info)  # this driver's, after a restore
+        self.writer = ResultsWriter(self.info.results_path)
         self.skip = _tune_keys()
         self.meta: dict[str, dict[str, Any]] = {}
         self.last_flush = time.monotonic()
@@ -70,17 +83,12 @@ class SweepProgress(Callback):
 
     def _meta(self, trial) -> dict[str, Any]:
         if trial.trial_id not in self.meta:
-            from mist_core.train import resolve
-
-            run = trial_run_config(trial.config)
-            try:
-                params = json.dumps(resolve(run).as_params(), sort_keys=True, default=str)
-            except Exception as e:  # noqa: BLE001 - the trial itself will report the error
-                params = json.dumps({"error": str(e)})
+            spec = TrialSpec.of_trial(trial.config)
+            run = spec.run
             self.meta[trial.trial_id] = dict(
-                sweep=self.info["sweep"], trial=str(trial), phase=trial.config["phase"], method=run["method"],
-                dataset=run["dataset"], table=self.info["table"], task=run["task"], scale=run["scale"],
-                seed=int(run["seed"]), params_json=params)
+                sweep=spec.ctx.name, trial=str(trial), phase=spec.phase, method=run.method, dataset=run.dataset,
+                table=spec.ctx.table, task=run.task, scale=run.scale, seed=run.seed,
+                params_json=json.dumps(flat_params(run), sort_keys=True, default=str))
         return self.meta[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -98,7 +106,7 @@ class SweepProgress(Callback):
         now = time.monotonic()
         if rep.get("final") or now - self.said.get(trial.trial_id, -math.inf) >= PROGRESS_EVERY_S:
             self.said[trial.trial_id] = now
-            shown = shown_metrics(rep, dict.fromkeys([self.info["metric"], "det_rate"]))  # undefined: n/a
+            shown = shown_metrics(rep, dict.fromkeys([self.info.metric, "det_rate"]))  # undefined: n/a
             tag = "final" if rep.get("final") else f"step {int(rep['step'])}"
             say(self.info, f"{m['phase']:6s} {m['dataset']}/{m['method']} s{m['seed']} {trial.trial_id}: "
                            f"{tag} {shown} ({result.get('time_total_s', 0):.1f} s)")
@@ -124,8 +132,9 @@ class SweepProgress(Callback):
         self.last_flush = time.monotonic()
 
     def _close(self, trial, status: str):
+        ctx = TrialSpec.of_trial(trial.config).ctx  # where the trial's MLflow run is
         try:
-            tracking.terminate_if_running(self.info["tracking_uri"], self.info["experiment_id"],
-                                          tracking.trial_key(self.info["sweep_uid"], trial.trial_id), status)
+            tracking.terminate_if_running(ctx.tracking_uri, ctx.experiment_id,
+                                          tracking.trial_key(ctx.uid, trial.trial_id), status)
         except Exception as e:  # noqa: BLE001 - the final sweep close retries
             log.warning("could not update the MLflow run of %s: %s", trial, e)

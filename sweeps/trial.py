@@ -1,21 +1,19 @@
 """The Tune trainable: one trial = one `mist_core.train.Trainer` run, inside a Ray worker.
 
-A trial's Tune config holds `ctx` (the sweep: MLflow store, experiment and parent run, code version, fault hook,
-checkpoint interval), `phase` ("search" or "seeds"), `cell` (the cell's RunConfig dict and data hash, plus the
-`best` parameters of its search in phase 2) and either `tuned` (phase 1: the parameters Optuna picked) or `seed`
-(phase 2). The trial logs to its own MLflow run (`tracking.TrialRun`, continued after a resume or retry, where the
-steps it runs again are not logged a second time), reports every trainer report to Tune with a checkpoint of
+A trial reads its Tune config once, as a `sweeps.spec.TrialSpec` (the sweep's MLflow store, experiment and parent
+run, code version, fault hook and checkpoint interval; its phase; the planned run with its seed and search
+parameters; the data hash). It logs to its own MLflow run (`tracking.TrialRun`, continued after a resume or retry,
+where the steps it runs again are not logged a second time), reports every trainer report to Tune with a checkpoint of
 `Trainer.state_dict()` (at most every `checkpoint_interval_s`), restarts from Tune's checkpoint when there is one,
 and leaves its outputs (sweeps.artifacts): example figures at evaluations on its MLflow run, its final predictions
 (one npz, in MLflow and under <sweep>/trials/<trial>/ for the report) before its final report, and the heatmap of
 one test image from the untrained model on. Between evaluations it prints a line (step, steps/s, training loss) at
 least every HEARTBEAT_S seconds of training; metrics that are undefined (NaN) show as n/a.
 
-The test hook FAULT_ENV (see sweeps.run) reaches the trials through `ctx["fault"]`.
+The test hook FAULT_ENV (see sweeps.run) reaches the trials through the spec (`ctx.fault`).
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import tempfile
@@ -24,30 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import artifacts, tracking
+from sweeps.spec import TrialSpec
 from sweeps.store import join
 
-__all__ = ["trainable", "trial_run_config", "trial_name", "shown_metrics", "FAULT_ENV", "HEARTBEAT_S"]
+__all__ = ["trainable", "shown_metrics", "FAULT_ENV", "HEARTBEAT_S"]
 
 FAULT_ENV = "MIST_SWEEP_FAULT"
 HEARTBEAT_S = 20.0  # below the 30 s a researcher should wait for a line: evaluations add their own time
-
-
-def trial_run_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The RunConfig (as a dict) of a trial's Tune config: its cell's run as the plan resolved it (sweeps.config:
-    every field explicit), with the search's best parameters, Optuna's picks and the trial's seed on top."""
-    cell = config["cell"]
-    run = copy.deepcopy(cell["run"])
-    run["method_params"] = {**run["method_params"], **cell.get("best", {}), **config.get("tuned", {})}
-    if "seed" in config:
-        run["seed"] = config["seed"]
-    return run
-
-
-def trial_name(trial) -> str:
-    """A trial's name and directory: <phase>-<dataset>-<method>-s<seed>-<trial id>."""
-    c = trial.config
-    run = c["cell"]["run"]
-    return f"{c['phase']}-{run['dataset']}-{run['method']}-s{c.get('seed', run['seed'])}-{trial.trial_id}"
 
 
 def trainable(config: dict[str, Any]) -> None:
@@ -57,27 +38,26 @@ def trainable(config: dict[str, Any]) -> None:
     from mist_core.train import Trainer, resolve
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # "Checkpoint created" per report
-    ctx, cell, phase = config["ctx"], config["cell"], config["phase"]
-    resolved = resolve(trial_run_config(config))
-    run = resolved.run
+    spec = TrialSpec.of_trial(config)
+    ctx, run, phase = spec.ctx, spec.run, spec.phase
+    resolved = resolve(run)  # the config objects of the planned run: every field is explicit, presets change nothing
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
-    tags = {"method": run.method, "dataset": run.dataset, "table": ctx["table"], "seed": run.seed,
-            "scale": run.scale, "task": run.task, "phase": phase, "sweep": ctx["sweep"], "trial_id": trial_id,
-            "code_version": ctx["code_version"], "data_hash": cell["data_hash"], tracking.TAG_SWEEP: ctx["sweep_uid"]}
-    mlrun = tracking.TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"],
-                              tracking.trial_key(ctx["sweep_uid"], trial_id), tctx.get_trial_name(), tags,
+    tags = {"method": run.method, "dataset": run.dataset, "table": ctx.table, "seed": run.seed,
+            "scale": run.scale, "task": run.task, "phase": phase, "sweep": ctx.name, "trial_id": trial_id,
+            "code_version": ctx.code_version, "data_hash": spec.data_hash, tracking.TAG_SWEEP: ctx.uid}
+    mlrun = tracking.TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
+                              tracking.trial_key(ctx.uid, trial_id), tctx.get_trial_name(), tags,
                               resolved.as_params())
-    fault = _fault(ctx.get("fault"), run, phase, mlrun.attempts)
-    trial_dir = join(ctx["trials_dir"], tctx.get_trial_name()) if ctx.get("trials_dir") else None
-    history: artifacts.HeatmapHistory | None = None      # made with the trainer (it needs the test split)
+    fault = _fault(ctx.fault, run, phase, mlrun.attempts)
+    trial_dir = join(ctx.trials_dir, tctx.get_trial_name())
     final: dict[str, float] = {}
     finished = False
 
     last_ckpt = [-math.inf]
 
     def report(metrics: dict[str, float], trainer) -> None:
-        if not metrics["final"] and time.monotonic() - last_ckpt[0] < ctx.get("checkpoint_interval_s", 0):
+        if not metrics["final"] and time.monotonic() - last_ckpt[0] < ctx.checkpoint_interval_s:
             tune.report(metrics)  # too soon after the previous checkpoint (fast methods report very often)
             return
         with tempfile.TemporaryDirectory() as d:
@@ -90,8 +70,7 @@ def trainable(config: dict[str, Any]) -> None:
         metrics.setdefault("final", 0.0)
         step = int(metrics["step"])
         mlrun.log_report(metrics, step=step)
-        if history is not None:
-            history.add(trainer.method, step)
+        history.add(trainer.method, step)
         if metrics["final"]:
             final.update(metrics)  # reported to Tune after the artifacts are safe (Tune may stop us at any report)
             return
@@ -104,20 +83,18 @@ def trainable(config: dict[str, Any]) -> None:
         trainer = Trainer(resolved)
         outputs = artifacts.TrialOutputs(mlrun, trainer.splits.test, trial_dir, trainer.tcfg.eval_every,
                                          trainer.budget_steps())
-        if trial_dir is not None:
-            history = artifacts.HeatmapHistory(trainer.splits.test)
+        history = artifacts.HeatmapHistory(trainer.splits.test)
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 trainer.load_state_dict(torch.load(Path(d) / "state.pt", weights_only=True))
-        if history is not None and trainer.step == 0:
+        if trainer.step == 0:
             history.add(trainer.method, 0)                          # the untrained model's heatmap
-        _heartbeat(trainer, f"[{ctx['sweep']}] {tctx.get_trial_name()}")
+        _heartbeat(trainer, f"[{ctx.name}] {tctx.get_trial_name()}")
         result = trainer.run(on_report, progress=False)
         if result.example is not None:
             outputs.final(result.example, trainer.step, _title(run, trainer.step, final))
-            if history is not None:
-                history.write(trial_dir)
+            history.write(trial_dir)
         shown = shown_metrics(final, [k for k in final if k not in ("step", "final", "seconds", "core_seconds")])
         mlrun.set_tags({tracking.NOTE: f"**{run.method}** on **{run.dataset}**, seed {run.seed}, phase {phase} "
                                        f"(Tune trial {tctx.get_trial_name()}), {trainer.step} steps, "
@@ -170,11 +147,11 @@ def _heartbeat(trainer, label: str, every_s: float = HEARTBEAT_S) -> None:
     trainer.method.train_step = train_step
 
 
-def _fault(spec: str | None, run, phase: str, attempt: int) -> int | None:
+def _fault(hook: str | None, run, phase: str, attempt: int) -> int | None:
     """The step after which this trial fails on purpose (FAULT_ENV), or None."""
-    if not spec or attempt > 1:
+    if not hook or attempt > 1:
         return None
-    want = dict(kv.split("=", 1) for kv in spec.split(",") if "=" in kv)
+    want = dict(kv.split("=", 1) for kv in hook.split(",") if "=" in kv)
     have = {"method": run.method, "dataset": run.dataset, "phase": phase, "seed": str(run.seed)}
     if any(have.get(k) != v for k, v in want.items() if k != "step"):
         return None

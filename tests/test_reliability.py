@@ -6,6 +6,7 @@ subprocess (its own Ray) and stop it after its first trial report.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -110,33 +111,71 @@ def test_data_folders_are_relative_to_the_config_file(tmp_path, monkeypatch):
     monkeypatch.chdir(elsewhere)  # a driver started from another folder (a trial runs in yet another)
     p = plan(load_sweep(path))
     for c in p.cells:
-        assert c.run["dataset_params"]["digits_dir"] == str(tmp_path / "sweep" / "digits")
-        assert c.run["cache_dir"] == str(tmp_path / "sweep" / "cache")
+        assert c.run.dataset_params["digits_dir"] == str(tmp_path / "sweep" / "digits")
+        assert c.run.cache_dir == str(tmp_path / "sweep" / "cache")
     # a config made in code: relative to the working directory, made absolute in the plan
     (elsewhere / "digits").symlink_to(tmp_path / "sweep" / "digits")
     p2 = plan(parse_config(SweepConfig, _with(overrides=[{"dataset_params": {"digits_dir": "digits"}}])))
-    assert {c.run["dataset_params"]["digits_dir"] for c in p2.cells} == {str(elsewhere / "digits")}
+    assert {c.run.dataset_params["digits_dir"] for c in p2.cells} == {str(elsewhere / "digits")}
     monkeypatch.chdir(tmp_path)
     assert resolve(p2.cells[0].run).dataset_cfg.digits_dir == str(elsewhere / "digits")  # valid from anywhere
 
 
+def _ctx():
+    from sweeps.spec import SweepContext
+
+    return SweepContext(name="s", uid="u1", table="1", tracking_uri="http://alice:***@host:5000", experiment_id="3",
+                        parent_run_id="p", code_version="v", fault=None, checkpoint_interval_s=0.0, trials_dir="/t")
+
+
 def test_trials_run_the_planned_config():
-    """A cell's run holds every method, dataset and train field, resolved: a trial (sweeps.trial) resolves exactly
-    what the plan validated, with only its tuned parameters and seed on top."""
+    """A cell's run holds every method, dataset and train field, resolved: a trial (sweeps.trial, from its spec)
+    resolves exactly what the plan validated, with only its seed and search parameters on top; a cell's params
+    (flat_params: the results' params_json) are those of the resolved run, without resolving it."""
     from mist_core.registry import get_method
     from mist_core.train import resolve
-    from sweeps.trial import trial_run_config
+    from sweeps.spec import TrialSpec
 
     for name in ("smoke", "quick", "table1"):
         for c in plan(load_sweep(name)).cells:
-            assert set(c.run["method_params"]) == set(get_method(c.method).Config.model_fields)
+            assert set(c.run.method_params) == set(get_method(c.method).Config.model_fields)
             assert resolve(c.run).as_params() == c.params
+            assert TrialSpec.planned(_ctx(), "search", c).run == c.run
     cell = next(c for c in plan(load_sweep("smoke")).cells if c.method == "mist")
-    run = trial_run_config({"cell": {"run": cell.run}, "tuned": {"lr_task": 0.002}, "seed": 1})
-    r = resolve(run)
-    assert r.method_cfg.lr_task == 0.002 and r.run.seed == 1
-    assert {k: v for k, v in r.as_params().items() if k not in ("seed", "method.lr_task")} == {
-        k: v for k, v in cell.params.items() if k not in ("seed", "method.lr_task")}
+    search = TrialSpec.of_trial({"spec": TrialSpec.planned(_ctx(), "search", cell).model_dump(),
+                                 "tuned": {"lr_task": 0.002}})   # phase 1: Optuna's pick
+    seeds = TrialSpec.planned(_ctx(), "seeds", cell, seed=1, params={"lr_task": 0.002})  # phase 2: the best
+    assert (search.run.seed, seeds.run.seed) == (cell.run.seed, 1) and search.data_hash == cell.data_hash
+    for spec in (search, seeds):
+        r = resolve(spec.run)
+        assert r.method_cfg.lr_task == 0.002 != cell.run.method_params["lr_task"]
+        assert {k: v for k, v in r.as_params().items() if k not in ("seed", "method.lr_task")} == {
+            k: v for k, v in cell.params.items() if k not in ("seed", "method.lr_task")}
+
+
+def test_trial_spec_is_what_tune_carries_strict_and_frozen():
+    """Tune carries a spec as its model_dump() (and writes it to params.json): it comes back equal; an unknown or
+    mistyped field is refused naming it; a spec cannot be changed; a trial config from before specs is refused with
+    what to do."""
+    from pydantic import ValidationError
+
+    from sweeps.spec import TrialSpec
+
+    cell = next(c for c in plan(load_sweep("smoke")).cells if c.method == "mist")
+    spec = TrialSpec.planned(_ctx(), "seeds", cell, seed=2, params={"k": 3})
+    dumped = spec.model_dump()
+    assert TrialSpec.model_validate(dumped) == spec == TrialSpec.of_trial({"spec": json.loads(json.dumps(dumped))})
+    assert spec.run.method_params["k"] == 3 and spec.run.seed == 2 and spec.data_hash == cell.data_hash
+    with pytest.raises(ConfigError, match=r"trial spec\.ctx\.parent: unknown key"):
+        TrialSpec.of_trial({"spec": {**dumped, "ctx": {**dumped["ctx"], "parent": "p"}}})
+    with pytest.raises(ConfigError, match=r"trial spec\.phase: "):
+        TrialSpec.of_trial({"spec": {**dumped, "phase": "final"}})
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.phase = "search"
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.run.seed = 5
+    with pytest.raises(ConfigError, match="older version of sweeps; start it again with --fresh"):
+        TrialSpec.of_trial({"ctx": {}, "cell": {}, "phase": "seeds"})
 
 
 def test_module_class_method_is_not_imported_at_check(tmp_path, monkeypatch, capsys):

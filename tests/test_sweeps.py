@@ -136,7 +136,7 @@ def test_shipped_configs_validate(tmp_path, monkeypatch):
     t1 = plan(load_sweep("table1"))
     assert {(c.dataset, c.method) for c in t1.cells if c.dataset == "gabor"} == {("gabor", "mist")}
     t3 = plan(load_sweep("table3"))
-    assert {c.dataset: c.run["method_params"]["k"] for c in t3.cells} == {
+    assert {c.dataset: c.run.method_params["k"] for c in t3.cells} == {
         "mnist_hard_k9": 9, "mnist_hard_k6_9": 7, "mnist_hard_k3_9": 6}
 
 
@@ -145,7 +145,7 @@ def test_plan_resolves_cells():
     by = {c.method: c for c in p.cells}
     assert not p.needs_search(by["trivial"]) and p.needs_search(by["mist"])
     assert p.n_trials() == 2 + 2 * 2
-    assert by["mist"].run["train"]["max_steps"] == 9 and by["mist"].run["train"]["threads"] == 1
+    assert by["mist"].run.train["max_steps"] == 9 and by["mist"].run.train["threads"] == 1
     assert by["mist"].params["train.max_steps"] == 9
     assert len(by["mist"].data_hash) == 24 and by["mist"].data_hash == by["trivial"].data_hash
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -43,14 +42,12 @@ def _sweep_with_credential(tmp_path, **args):
     argv = ["sweep.yaml", "--tracking-uri", CRED_URI]
     ns = argparse.Namespace(config="sweep.yaml", storage=None, tracking_uri=None, resume=False, fresh=False,
                             argv=argv, **args)
-    sweep = Sweep(plan(cfg), ns)
-    sweep.t0 = time.time()
-    return cfg, sweep
+    return cfg, Sweep(plan(cfg), ns)
 
 
 def test_credentials_are_redacted_in_everything_written(tmp_path, capsys):
-    """The dicts that become sweep.json, the parent run's params and tags, Tune's trial config (ctx) and the
-    progress callback's state hold no credential; the state in memory keeps the real URI."""
+    """What becomes sweep.json, the parent run's params and tags, the sweep's part of each trial's spec (as Tune
+    carries it) and the progress callback's state hold no credential; the state in memory keeps the real URI."""
     from sweeps import tracking
     from sweeps.progress import say
     from sweeps.store import SWEEP_FILE, stored_state
@@ -63,8 +60,8 @@ def test_credentials_are_redacted_in_everything_written(tmp_path, capsys):
         "sweep.json": stored_state(state),
         "parent params": sweep.parent_params(),
         "parent tags": sweep.parent_tags(state),
-        "trial ctx": sweep.trial_ctx(state, shown, "1", "parent"),
-        "progress info": sweep.progress_info(state, shown, "1"),
+        "trial ctx": sweep.trial_ctx(state, shown, "1", "parent").model_dump(),
+        "progress info": vars(sweep.info),
     }
     for where, data in written.items():
         assert SECRET not in json.dumps(data, default=str), where
@@ -74,7 +71,7 @@ def test_credentials_are_redacted_in_everything_written(tmp_path, capsys):
     sweep.store.write_state(state)
     assert SECRET not in (Path(sweep.dir) / SWEEP_FILE).read_text()
     assert SECRET not in sweep._resume_command()
-    say(sweep._info(), f"MLflow {CRED_URI}")
+    say(sweep.info, f"MLflow {CRED_URI}")
     assert SECRET not in capsys.readouterr().out
     # a resume gets the real URI back from the command line or the config, never from sweep.json
     again = sweep.store.open_state(cfg, resume=True, fresh=False, tracking_uri=CRED_URI, say=print)
