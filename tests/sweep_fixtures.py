@@ -19,24 +19,24 @@ BASE = {
 }
 
 
-def _write(tmp: Path, cfg: dict, name: str = "sweep.yaml") -> Path:
+def write_config(tmp: Path, cfg: dict, name: str = "sweep.yaml") -> Path:
     p = tmp / name
     p.write_text(yaml.safe_dump(cfg))
     return p
 
 
-def _with(**changes) -> dict:
+def config_with(**changes) -> dict:
     cfg = json.loads(json.dumps(BASE))
     for path, value in changes.items():
         *parents, last = path.split("__")
         d = cfg
         for k in parents:
             d = d.setdefault(k, {})
-        if value is _DEL:
+        if value is DELETE:
             d.pop(last, None)
         else:
             d[last] = value
     return cfg
 
 
-_DEL = object()
+DELETE = object()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep_fixtures import BASE, _with, _write
+from sweep_fixtures import BASE, config_with, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,7 +136,7 @@ def test_bad_tracking_uri_is_refused_before_ray(tmp_path, capsys):
 
     from sweeps.run import main
 
-    path = _write(tmp_path, _with(methods=["trivial"], search__num_samples=1))
+    path = write_config(tmp_path, config_with(methods=["trivial"], search__num_samples=1))
     argv = [str(path), "--storage", str(tmp_path / "runs"), "--tracking-uri", "garbage://alice:s3cret@host/x"]
     assert main(argv) == 2
     line = _error_line(capsys.readouterr().err)
@@ -150,7 +150,7 @@ def test_storage_under_a_file_is_refused(tmp_path, capsys):
 
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    path = _write(tmp_path, _with(methods=["trivial"], search__num_samples=1))
+    path = write_config(tmp_path, config_with(methods=["trivial"], search__num_samples=1))
     assert main([str(path), "--storage", str(blocker / "runs")]) == 2
     assert _error_line(capsys.readouterr().err) == \
         f"mist-bench: error: invalid sweep 't': --storage '{blocker / 'runs'}': it is under {blocker}, a file"
@@ -172,7 +172,7 @@ def test_config_error_lines_are_joined(tmp_path, capsys):
     """A config error listing several fields (one per line in the exception) is one line on the console."""
     from sweeps.cli import main
 
-    path = _write(tmp_path, {**BASE, "methods": ["nope"], "datasets": ["nada"]})
+    path = write_config(tmp_path, {**BASE, "methods": ["nope"], "datasets": ["nada"]})
     assert main(["sweep", str(path), "--check"]) == 2
     line = _error_line(capsys.readouterr().err)
     assert line.startswith("mist-bench: error: invalid sweep 't': methods: ")
@@ -240,7 +240,7 @@ def test_step_timings_and_core_hours(tmp_path):
 def test_check_prints_steps_trials_and_estimate(tmp_path, capsys):
     from sweeps.run import main
 
-    path = _write(tmp_path, BASE)  # trivial + mist at smoke: 2 + 2 search trials of mist, 2 seeds each, 6 steps
+    path = write_config(tmp_path, BASE)  # trivial + mist at smoke: 2 + 2 search trials of mist, 2 seeds each, 6 steps
     assert main([str(path), "--check"]) == 0
     out = capsys.readouterr().out
     assert "  mnist_hard/mist: search [" in out and "4 trials (2 search + 2 seeds) x 6 steps = 24 steps" in out

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from mist_core.config import ConfigError, parse_config
-from sweep_fixtures import _DEL, _with, _write
+from sweep_fixtures import DELETE, config_with, write_config
 from sweeps.config import SweepConfig, load_sweep, plan
 
 ROOT = Path(__file__).resolve().parent.parent
-ONE_CELL = dict(methods=["mist"], seeds=[0], search__num_samples=1, scheduler=_DEL)  # no search: one trial per seed
+ONE_CELL = dict(methods=["mist"], seeds=[0], search__num_samples=1, scheduler=DELETE)  # no search: one trial per seed
 
 
 def _plan_error(cfg: dict) -> str:
@@ -33,23 +33,23 @@ def _plan_error(cfg: dict) -> str:
 
 # --- refused before Ray, by plan() (shared by --check and the real run) --------------------------------------
 BAD_VALUES = [
-    ("infinite lr", _with(overrides=[{"methods": ["mist"], "method_params": {"lr_task": float("inf")}}]),
+    ("infinite lr", config_with(overrides=[{"methods": ["mist"], "method_params": {"lr_task": float("inf")}}]),
      "methods.mist.lr_task=inf: not a finite number"),
-    ("nan in a sweep field", _with(checkpoint_interval_s=float("nan")), "sweep.checkpoint_interval_s"),
-    ("infinite budget", _with(budget={"max_seconds": float("inf")}), "max_seconds=inf: not a finite number"),
-    ("infinite scheduler factor", _with(scheduler__reduction_factor=float("inf")), "scheduler.reduction_factor=inf"),
-    ("batch larger than the data", _with(train={"batch_size": 65}),
+    ("nan in a sweep field", config_with(checkpoint_interval_s=float("nan")), "sweep.checkpoint_interval_s"),
+    ("infinite budget", config_with(budget={"max_seconds": float("inf")}), "max_seconds=inf: not a finite number"),
+    ("infinite scheduler factor", config_with(scheduler__reduction_factor=float("inf")), "scheduler.reduction_factor=inf"),
+    ("batch larger than the data", config_with(train={"batch_size": 65}),
      "cell (mnist_hard, mist): train.batch_size=65 > datasets.mnist_hard.n_train=64"),
-    ("unknown device", _with(train={"device": "tpu"}), "train.device='tpu': unknown device"),
-    ("cuda without a GPU", _with(train={"device": "cuda"}), "train.device='cuda' but resources.gpu=0"),
-    ("a GPU index the trial cannot see", _with(train={"device": "cuda:1"}, resources__gpu=0.5),
+    ("unknown device", config_with(train={"device": "tpu"}), "train.device='tpu': unknown device"),
+    ("cuda without a GPU", config_with(train={"device": "cuda"}), "train.device='cuda' but resources.gpu=0"),
+    ("a GPU index the trial cannot see", config_with(train={"device": "cuda:1"}, resources__gpu=0.5),
      "train.device='cuda:1': a trial with resources.gpu=0.5 sees GPUs 0..0 only"),
-    ("negative seed", _with(seeds=[0, -1]), "sweep.seeds.1"),
-    ("seed numpy refuses", _with(seeds=[2**32]), "sweep.seeds.0"),
-    ("negative search seed", _with(search__seed=-3), "sweep.search.seed"),
-    ("unknown tracking scheme", _with(tracking_uri="garbage://host/x"), "tracking_uri 'garbage://host/x': unknown "
+    ("negative seed", config_with(seeds=[0, -1]), "sweep.seeds.1"),
+    ("seed numpy refuses", config_with(seeds=[2**32]), "sweep.seeds.0"),
+    ("negative search seed", config_with(search__seed=-3), "sweep.search.seed"),
+    ("unknown tracking scheme", config_with(tracking_uri="garbage://host/x"), "tracking_uri 'garbage://host/x': unknown "
                                                                          "scheme 'garbage'"),
-    ("bad module:Class name", _with(methods=["trivial", "my pkg:Cls"]), "'my pkg:Cls' is neither"),
+    ("bad module:Class name", config_with(methods=["trivial", "my pkg:Cls"]), "'my pkg:Cls' is neither"),
 ]
 
 
@@ -58,7 +58,7 @@ def test_bad_value_is_refused_naming_its_field(tmp_path, capsys, what, cfg, need
     from sweeps.run import main
 
     assert needle in _plan_error(cfg)
-    path = _write(tmp_path, cfg)
+    path = write_config(tmp_path, cfg)
     assert main([str(path), "--check"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and needle in err
@@ -66,14 +66,14 @@ def test_bad_value_is_refused_naming_its_field(tmp_path, capsys, what, cfg, need
 
 def test_batch_size_is_checked_against_learners_only():
     """A method with nothing to learn (trivial) runs one pass with a partial batch: only mist's cell is refused."""
-    msg = _plan_error(_with(train={"batch_size": 65}))
+    msg = _plan_error(config_with(train={"batch_size": 65}))
     assert "(mnist_hard, mist)" in msg and "(mnist_hard, trivial)" not in msg
-    assert plan(parse_config(SweepConfig, _with(methods=["trivial"], train={"batch_size": 64}, search__num_samples=1,
-                                                scheduler=_DEL)))
+    assert plan(parse_config(SweepConfig, config_with(methods=["trivial"], train={"batch_size": 64}, search__num_samples=1,
+                                                scheduler=DELETE)))
 
 
 def test_empty_sizes_is_refused():
-    assert "sizes" in _plan_error(_with(overrides=[{"methods": ["mist"], "method_params": {"sizes": []}}]))
+    assert "sizes" in _plan_error(config_with(overrides=[{"methods": ["mist"], "method_params": {"sizes": []}}]))
 
 
 def test_storage_and_mlflow_store_that_cannot_be_written(tmp_path, capsys):
@@ -83,17 +83,17 @@ def test_storage_and_mlflow_store_that_cannot_be_written(tmp_path, capsys):
     blocker.write_text("not a folder")
     (tmp_path / "db-dir.db").mkdir()
     cases = [
-        (_with(storage=str(blocker / "runs")), f"storage '{blocker}/runs': it is under {blocker}, a file"),
-        (_with(storage=str(blocker)), f"{blocker} is a file, not a folder"),
-        (_with(tracking_uri=f"sqlite:///{blocker}/mlflow.db"), f"{blocker} is a file, not a folder"),
-        (_with(tracking_uri=f"sqlite:///{blocker}/sub/mlflow.db"), f"it is under {blocker}, a file"),
-        (_with(tracking_uri=f"sqlite:///{tmp_path}/db-dir.db"), "db-dir.db is not a file"),
+        (config_with(storage=str(blocker / "runs")), f"storage '{blocker}/runs': it is under {blocker}, a file"),
+        (config_with(storage=str(blocker)), f"{blocker} is a file, not a folder"),
+        (config_with(tracking_uri=f"sqlite:///{blocker}/mlflow.db"), f"{blocker} is a file, not a folder"),
+        (config_with(tracking_uri=f"sqlite:///{blocker}/sub/mlflow.db"), f"it is under {blocker}, a file"),
+        (config_with(tracking_uri=f"sqlite:///{tmp_path}/db-dir.db"), "db-dir.db is not a file"),
     ]
     for cfg, needle in cases:
         assert needle in _plan_error(cfg)
-    assert plan(parse_config(SweepConfig, _with(storage="s3://bucket/x", tracking_uri="http://host:5000")))
+    assert plan(parse_config(SweepConfig, config_with(storage="s3://bucket/x", tracking_uri="http://host:5000")))
     # the real run checks the command line's, before Ray (no Ray here: a refusal in seconds) and before writing
-    path = _write(tmp_path, _with())
+    path = write_config(tmp_path, config_with())
     assert main([str(path), "--storage", str(blocker / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     assert str(blocker) in capsys.readouterr().err and not (tmp_path / "m.db").exists()
 
@@ -104,7 +104,7 @@ def test_data_folders_are_relative_to_the_config_file(tmp_path, monkeypatch):
     from mist_core.train import resolve
 
     write_mnist_dir(tmp_path / "sweep" / "digits")
-    path = _write(tmp_path / "sweep", _with(cache_dir="cache", overrides=[{"datasets": ["mnist_hard"],
+    path = write_config(tmp_path / "sweep", config_with(cache_dir="cache", overrides=[{"datasets": ["mnist_hard"],
                                                        "dataset_params": {"digits_dir": "digits"}}]))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -115,7 +115,7 @@ def test_data_folders_are_relative_to_the_config_file(tmp_path, monkeypatch):
         assert c.run.cache_dir == str(tmp_path / "sweep" / "cache")
     # a config made in code: relative to the working directory, made absolute in the plan
     (elsewhere / "digits").symlink_to(tmp_path / "sweep" / "digits")
-    p2 = plan(parse_config(SweepConfig, _with(overrides=[{"dataset_params": {"digits_dir": "digits"}}])))
+    p2 = plan(parse_config(SweepConfig, config_with(overrides=[{"dataset_params": {"digits_dir": "digits"}}])))
     assert {c.run.dataset_params["digits_dir"] for c in p2.cells} == {str(elsewhere / "digits")}
     monkeypatch.chdir(tmp_path)
     assert resolve(p2.cells[0].run).dataset_cfg.digits_dir == str(elsewhere / "digits")  # valid from anywhere
@@ -186,8 +186,8 @@ def test_module_class_method_is_not_imported_at_check(tmp_path, monkeypatch, cap
     marker = tmp_path / "imported"
     (tmp_path / "usermethod_sidefx.py").write_text(f"open({str(marker)!r}, 'w').close()\nNotAMethod = 3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = _with(methods=["trivial", "usermethod_sidefx:NotAMethod"])
-    path = _write(tmp_path, cfg)
+    cfg = config_with(methods=["trivial", "usermethod_sidefx:NotAMethod"])
+    path = write_config(tmp_path, cfg)
     p = plan(load_sweep(path))
     assert not marker.exists() and "usermethod_sidefx" not in sys.modules
     assert p.unimported() == ["usermethod_sidefx:NotAMethod"]
@@ -203,7 +203,7 @@ def test_check_command_does_not_import_a_module_class_method(tmp_path, monkeypat
     marker = tmp_path / "imported"
     (tmp_path / "usermethod_sidefx2.py").write_text(f"open({str(marker)!r}, 'w').close()\nNotAMethod = 3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    path = _write(tmp_path, _with(methods=["trivial", "usermethod_sidefx2:NotAMethod"]))
+    path = write_config(tmp_path, config_with(methods=["trivial", "usermethod_sidefx2:NotAMethod"]))
     assert main([str(path), "--check"]) == 0, capsys.readouterr().err
     assert not marker.exists() and "usermethod_sidefx2" not in sys.modules
     assert "not imported at --check" in capsys.readouterr().out
@@ -222,7 +222,7 @@ def test_unreachable_address_fails_within_the_timeout(tmp_path, monkeypatch, cap
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
     monkeypatch.setenv(CONNECT_TIMEOUT_ENV, "2")
-    path = _write(tmp_path, _with(**ONE_CELL))
+    path = write_config(tmp_path, config_with(**ONE_CELL))
     t0 = time.monotonic()
     assert main([str(path), "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "runs")]) == 2
     assert time.monotonic() - t0 < 20
@@ -264,7 +264,7 @@ class TestOnLocalRay:
     def test_impossible_resource_request_is_refused(self, local_ray, tmp_path, capsys, resources, needle):
         from sweeps.run import main
 
-        path = _write(tmp_path, _with(**ONE_CELL, resources=resources))
+        path = write_config(tmp_path, config_with(**ONE_CELL, resources=resources))
         t0 = time.monotonic()
         code = main([str(path), "--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
         assert code == 2 and time.monotonic() - t0 < 30
@@ -279,8 +279,8 @@ class TestOnLocalRay:
         from sweeps.run import main
         from sweeps.trial import FAULT_ENV
 
-        cfg = _with(**ONE_CELL, name="dedupe", budget={"max_steps": 9}, checkpoint_interval_s=3600, max_failures=0)
-        path = _write(tmp_path, cfg)
+        cfg = config_with(**ONE_CELL, name="dedupe", budget={"max_steps": 9}, checkpoint_interval_s=3600, max_failures=0)
+        path = write_config(tmp_path, cfg)
         uri = f"sqlite:///{tmp_path}/mlflow.db"
         args = [str(path), "--storage", str(tmp_path / "runs"), "--tracking-uri", uri]
         os.environ[FAULT_ENV] = "method=mist,step=6"
@@ -311,8 +311,8 @@ class TestOnLocalRay:
 def test_signal_stops_the_sweep_and_closes_its_runs(tmp_path, sig):
     """A long mist trial is stopped after its first report: the driver exits 130, and the sweep's parent run and
     the trial's run are KILLED in MLflow, none RUNNING."""
-    cfg = _with(**ONE_CELL, name="stopped", budget={"max_steps": 3000}, train={"eval_every": 3})
-    path = _write(tmp_path, cfg)
+    cfg = config_with(**ONE_CELL, name="stopped", budget={"max_steps": 3000}, train={"eval_every": 3})
+    path = write_config(tmp_path, cfg)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "sweeps.run", str(path), "--storage", str(tmp_path / "runs"),

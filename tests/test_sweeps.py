@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from mist_core.config import ConfigError, parse_config
-from sweep_fixtures import BASE, _DEL, _with, _write  # the sweep configs these tests vary
+from sweep_fixtures import BASE, DELETE, config_with, write_config  # the sweep configs these tests vary
 from sweeps.config import CONFIG_DIR, SweepConfig, load_sweep, plan
 from sweeps.results import COLUMNS, ResultsWriter, load_results, report_rows
 
@@ -33,29 +33,29 @@ PY = sys.executable
 
 # --- validation (no Ray) ----------------------------------------------------------------------------------
 BAD = [
-    ("unknown key", _with(colour="red"), "sweep.colour: unknown key"),
-    ("unknown nested key", _with(search__patience=3), "sweep.search.patience: unknown key"),
-    ("wrong type", _with(seeds="0"), "sweep.seeds"),
-    ("wrong type in block", _with(resources__cpu=1.5), "sweep.resources.cpu"),
-    ("missing field", _with(task=_DEL), "sweep.task"),
-    ("unknown method", _with(methods=["trivial", "nosuch"]), "unknown method 'nosuch'"),
-    ("unknown dataset", _with(datasets=["mnist_hard", "cifar"]), "unknown dataset 'cifar'"),
-    ("unsupported task", _with(task="classify", search__metric="both", search__mode="max"),
+    ("unknown key", config_with(colour="red"), "sweep.colour: unknown key"),
+    ("unknown nested key", config_with(search__patience=3), "sweep.search.patience: unknown key"),
+    ("wrong type", config_with(seeds="0"), "sweep.seeds"),
+    ("wrong type in block", config_with(resources__cpu=1.5), "sweep.resources.cpu"),
+    ("missing field", config_with(task=DELETE), "sweep.task"),
+    ("unknown method", config_with(methods=["trivial", "nosuch"]), "unknown method 'nosuch'"),
+    ("unknown dataset", config_with(datasets=["mnist_hard", "cifar"]), "unknown dataset 'cifar'"),
+    ("unsupported task", config_with(task="classify", search__metric="both", search__mode="max"),
      "'trivial' does not support task 'classify'"),
-    ("max_steps < eval_every", _with(budget={"max_steps": 2}), "max_steps=2 < train.eval_every=3"),
-    ("grace period > max_steps", _with(scheduler__grace_period=50), "grace_period=50 steps > max_steps=6"),
-    ("unknown metric", _with(search__metric="accuracy"), "unknown metric 'accuracy'"),
-    ("metric of another task", _with(search__metric="both"), "'both' needs class predictions"),
-    ("bad method param", _with(overrides=[{"methods": ["mist"], "method_params": {"k": 0}}]),
+    ("max_steps < eval_every", config_with(budget={"max_steps": 2}), "max_steps=2 < train.eval_every=3"),
+    ("grace period > max_steps", config_with(scheduler__grace_period=50), "grace_period=50 steps > max_steps=6"),
+    ("unknown metric", config_with(search__metric="accuracy"), "unknown metric 'accuracy'"),
+    ("metric of another task", config_with(search__metric="both"), "'both' needs class predictions"),
+    ("bad method param", config_with(overrides=[{"methods": ["mist"], "method_params": {"k": 0}}]),
      "cell (mnist_hard, mist)"),
-    ("unknown method param", _with(overrides=[{"methods": ["mist"], "method_params": {"kk": 3}}]), "kk"),
-    ("override of an unlisted method", _with(overrides=[{"methods": ["grid"], "method_params": {}}]),
+    ("unknown method param", config_with(overrides=[{"methods": ["mist"], "method_params": {"kk": 3}}]), "kk"),
+    ("override of an unlisted method", config_with(overrides=[{"methods": ["grid"], "method_params": {}}]),
      "overrides[0].methods: 'grid' is not one of the sweep's methods"),
-    ("bad train key", _with(train={"max_steps": 3}), "belong in budget"),
-    ("fraction of a GPU above 1", _with(resources__gpu=1.5), "a fraction of a GPU must be <= 1"),
-    ("duplicate seeds", _with(seeds=[0, 0]), "seeds: listed twice"),
-    ("bad exclude", _with(exclude=["mnist_hard/grid"]), "exclude[0]"),
-    ("bad name", _with(name="../x"), "sweep.name"),
+    ("bad train key", config_with(train={"max_steps": 3}), "belong in budget"),
+    ("fraction of a GPU above 1", config_with(resources__gpu=1.5), "a fraction of a GPU must be <= 1"),
+    ("duplicate seeds", config_with(seeds=[0, 0]), "seeds: listed twice"),
+    ("bad exclude", config_with(exclude=["mnist_hard/grid"]), "exclude[0]"),
+    ("bad name", config_with(name="../x"), "sweep.name"),
 ]
 
 
@@ -63,7 +63,7 @@ BAD = [
 def test_bad_config_is_one_message_naming_it(tmp_path, capsys, what, cfg, needle):
     from sweeps.run import main
 
-    path = _write(tmp_path, cfg)
+    path = write_config(tmp_path, cfg)
     with pytest.raises(ConfigError) as err:
         plan(load_sweep(path))
     assert needle in str(err.value), str(err.value)
@@ -209,8 +209,8 @@ def resumed_sweep(local_ray, tmp_path_factory):
     from sweeps.trial import FAULT_ENV
 
     tmp = tmp_path_factory.mktemp("sweep")
-    cfg = _with(name="smoke-test", max_failures=0)
-    path = _write(tmp, cfg)
+    cfg = config_with(name="smoke-test", max_failures=0)
+    path = write_config(tmp, cfg)
     args = [str(path), "--storage", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
     t0 = time.time()
     os.environ[FAULT_ENV] = "method=mist,phase=seeds,seed=1,step=3"
@@ -315,7 +315,7 @@ class TestSmokeSweep:
         assert sorted(before[before.trial.str.endswith(tid)].step.unique()) == [3]
         # a changed config refuses to resume
         changed = yaml.safe_load(s["path"].read_text()) | {"seeds": [0, 1, 2]}
-        bad = _write(s["tmp"], changed, "changed.yaml")
+        bad = write_config(s["tmp"], changed, "changed.yaml")
         from sweeps.run import main
 
         assert main([str(bad)] + s["args"][1:] + ["--resume"]) == 2
@@ -400,7 +400,7 @@ def test_cluster_job(tmp_path):
     # re-unpacked the job's working dir under the running driver)
     worker = [ray, "start", "--address", f"127.0.0.1:{gcs}", "--dashboard-agent-listen-port", str(agent2),
               "--min-worker-port", "47500", "--max-worker-port", "47999", "--temp-dir", f"{temp}/w", *common]
-    cfg = _write(tmp_path, {"name": "cluster-test", "task": "recon", "scale": "smoke", "datasets": ["mnist_hard"],
+    cfg = write_config(tmp_path, {"name": "cluster-test", "task": "recon", "scale": "smoke", "datasets": ["mnist_hard"],
                             "methods": ["trivial"], "seeds": [0, 1], "max_failures": 1,
                             "search": {"num_samples": 1, "metric": "rmse", "mode": "min"},
                             "resources": {"cpu": 1, "gpu": 0}})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mist_core.config import ConfigError, parse_config
-from sweep_fixtures import _DEL, _with
+from sweep_fixtures import DELETE, config_with
 from sweeps.config import SweepConfig, plan
 
 SECRET = "s3cr3t-Pa55"
@@ -37,7 +37,7 @@ def _sweep_with_credential(tmp_path, **args):
 
     from sweeps.driver import Sweep
 
-    cfg = parse_config(SweepConfig, _with(methods=["trivial"], search__num_samples=1, scheduler=_DEL,
+    cfg = parse_config(SweepConfig, config_with(methods=["trivial"], search__num_samples=1, scheduler=DELETE,
                                           tracking_uri=CRED_URI, storage=str(tmp_path / "runs")))
     argv = ["sweep.yaml", "--tracking-uri", CRED_URI]
     ns = argparse.Namespace(config="sweep.yaml", storage=None, tracking_uri=None, resume=False, fresh=False,
@@ -121,6 +121,6 @@ def test_refused_tracking_uri_is_named_without_its_credential(tmp_path):
     for uri, needle in ((f"garbage://alice:{SECRET}@host/x", "unknown scheme 'garbage'"),
                         (f"sqlite:///{blocker}/m.db?password={SECRET}", "is a file, not a folder")):
         with pytest.raises(ConfigError) as err:
-            plan(parse_config(SweepConfig, _with(tracking_uri=uri)))
+            plan(parse_config(SweepConfig, config_with(tracking_uri=uri)))
         assert needle in str(err.value) and SECRET not in str(err.value), str(err.value)
         assert "***" in str(err.value)

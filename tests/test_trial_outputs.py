@@ -17,7 +17,7 @@ import pytest
 
 from mist_core.data import dataset_config, load_splits
 from mist_core.train import RunConfig, Trainer
-from sweep_fixtures import _DEL, _with, _write
+from sweep_fixtures import DELETE, config_with, write_config
 from sweeps import artifacts, tracking
 
 
@@ -138,7 +138,7 @@ def test_parent_params_hold_absolute_storage_and_store(tmp_path, monkeypatch):
     from sweeps.driver import Sweep
 
     monkeypatch.chdir(tmp_path)
-    cfg = parse_config(SweepConfig, _with(methods=["trivial"], search__num_samples=1, scheduler=_DEL,
+    cfg = parse_config(SweepConfig, config_with(methods=["trivial"], search__num_samples=1, scheduler=DELETE,
                                           storage="runs", tracking_uri="sqlite:///m.db"))
     args = argparse.Namespace(config="s.yaml", storage=None, tracking_uri=None, resume=False, fresh=False, argv=[])
     params = Sweep(plan(cfg), args).parent_params()
@@ -175,7 +175,7 @@ def finished_sweep(tmp_path_factory):
     from sweeps.run import main
 
     tmp = tmp_path_factory.mktemp("sweep")
-    cfg = _write(tmp, _with(name="outputs", seeds=[0], search__num_samples=1, scheduler=_DEL))
+    cfg = write_config(tmp, config_with(name="outputs", seeds=[0], search__num_samples=1, scheduler=DELETE))
     uri = f"sqlite:///{tmp}/mlflow.db"
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     buf = io.StringIO()
