@@ -31,11 +31,16 @@ from mist_core.presets import DATA_PRESETS, Scale, TrainConfig, train_config
 from mist_core.registry import get_method
 from mist_core.types import Prediction
 
-__all__ = ["RunConfig", "Resolved", "resolve", "Trainer", "RunResult", "predict_split"]
+__all__ = ["RunConfig", "Resolved", "resolve", "Trainer", "RunResult", "predict_split", "step_budget"]
 
 log = logging.getLogger("mist_core.train")
 Callback = Callable[[dict[str, float], "Trainer"], "bool | None"]
-HEARTBEAT_S = 30.0   # with progress on, a line at least this often
+HEARTBEAT_S = 20.0   # a progress line at least this often (a researcher should not wait 30 s for one)
+
+
+def step_budget(max_steps: int, n_train: int | None, batch_size: int, learns: bool) -> int:
+    """The steps a run trains: max_steps, or for a method with nothing to learn at most one pass over n_train."""
+    return max_steps if learns or n_train is None else min(max_steps, math.ceil(n_train / batch_size))
 
 
 class RunConfig(StrictConfig):
@@ -171,10 +176,7 @@ class Trainer:
         return n - n % bs if self.method.learns else n
 
     def budget_steps(self) -> int:
-        """The steps this run trains: max_steps, or for a method with nothing to learn at most one pass."""
-        t = self.tcfg
-        one_pass = math.ceil(len(self.splits.train) / t.batch_size)
-        return t.max_steps if self.method.learns else min(t.max_steps, one_pass)
+        return step_budget(self.tcfg.max_steps, len(self.splits.train), self.tcfg.batch_size, self.method.learns)
 
     def _next_batch(self):
         """The next batch of the current pass (each pass in a fresh random order), on the method's device."""
@@ -211,12 +213,16 @@ class Trainer:
         n_eval = pred.boxes.shape[0]
         return metrics.evaluate_predictions(pred, self.splits.test.subset(n_eval)), pred
 
-    def run(self, callback: Callback | None = None, progress: bool = True) -> RunResult:
+    def run(self, callback: Callback | None = None, progress: bool = True,
+            heartbeat: Callable[[str], None] | None = None) -> RunResult:
+        """Train the budget. With `progress`, reports are logged; between them a line (step, steps/s, the first
+        training loss) at least every HEARTBEAT_S seconds goes to `heartbeat` (default: the log, with `progress`)."""
+        beat = heartbeat or (log.info if progress else None)
         history: list[dict[str, float]] = []
         sums: dict[str, float] = {}
         n_since = 0
         stop = False
-        last_line = time.perf_counter()
+        last_line, last_step = time.perf_counter(), self.step
         while self.budget_left() and not stop:
             batch = self._next_batch()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -231,18 +237,20 @@ class Trainer:
                     raise FloatingPointError(f"{self.cfg.method}: loss {k} is {v} at step {self.step}")
                 sums[k] = sums.get(k, 0.0) + v
             n_since += 1
-            if progress and time.perf_counter() - last_line >= HEARTBEAT_S:   # between evaluations a minute apart
+            now = time.perf_counter()
+            if beat and now - last_line >= HEARTBEAT_S:          # evaluations can be a minute apart
                 first = next(iter(sums), None)
-                loss = f", train {first} {sums[first] / n_since:.4g}" if first else ""
-                log.info(f"step {self.step}/{self.budget_steps()} ({self.train_seconds / self.step:.2f} s/step){loss}")
-                last_line = time.perf_counter()
+                loss = f", train_{first}={sums[first] / n_since:.4g}" if first else ""
+                rate = (self.step - last_step) / max(now - last_line, 1e-9)
+                beat(f"step {self.step}/{self.budget_steps()}, {rate:.2f} steps/s{loss}")
+                last_line, last_step = now, self.step
             if self.step % self.tcfg.eval_every == 0 and self.budget_left():
                 report = self._report(sums, n_since, self.tcfg.eval_images)[0]
                 sums, n_since = {}, 0
                 history.append(report)
                 if progress:
                     log.info(_fmt(report))
-                    last_line = time.perf_counter()
+                    last_line, last_step = time.perf_counter(), self.step
                 stop = bool(callback and callback(report, self))
         report, example = self._report(sums, n_since, self.tcfg.final_eval_images, final=True)
         history.append(report)

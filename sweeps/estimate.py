@@ -12,7 +12,6 @@ median is used. Evaluation time is not counted.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -86,11 +85,9 @@ def step_timings(measured_dir: str | Path = MEASURED_DIR) -> dict[Key, Timing]:
 def planned_steps(params: dict[str, Any], learns: bool = True) -> int:
     """Training steps of one trial from its resolved parameters (Resolved.as_params()): max_steps, or for a method
     with nothing to learn at most one pass over the training data (as mist_core.train.Trainer.budget_steps)."""
-    max_steps = int(params["train.max_steps"])
-    n_train = params.get("dataset.n_train")
-    if learns or n_train is None:
-        return max_steps
-    return min(max_steps, math.ceil(n_train / params["train.batch_size"]))
+    from mist_core.train import step_budget
+
+    return step_budget(int(params["train.max_steps"]), params.get("dataset.n_train"), params["train.batch_size"], learns)
 
 
 def core_hours(planned: Iterable[Planned], timings: dict[Key, Timing]) -> tuple[float, list[str]]:

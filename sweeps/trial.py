@@ -8,7 +8,7 @@ where the steps it runs again are not logged a second time), reports every train
 and leaves its outputs (sweeps.artifacts): example figures at evaluations on its MLflow run, its final predictions
 (one npz, in MLflow and under <sweep>/trials/<trial>/ for the report) before its final report, and the heatmap of
 one test image from the untrained model on. Between evaluations it prints a line (step, steps/s, training loss) at
-least every HEARTBEAT_S seconds of training; metrics that are undefined (NaN) show as n/a.
+least every 20 s of training (the Trainer's heartbeat); metrics that are undefined (NaN) show as n/a.
 
 The test hook FAULT_ENV (see sweeps.run) reaches the trials through the spec (`ctx.fault`).
 """
@@ -25,10 +25,9 @@ from sweeps import artifacts, tracking
 from sweeps.spec import TrialSpec
 from sweeps.store import join
 
-__all__ = ["trainable", "shown_metrics", "FAULT_ENV", "HEARTBEAT_S"]
+__all__ = ["trainable", "shown_metrics", "FAULT_ENV"]
 
 FAULT_ENV = "MIST_SWEEP_FAULT"
-HEARTBEAT_S = 20.0  # below the 30 s a researcher should wait for a line: evaluations add their own time
 
 
 def trainable(config: dict[str, Any]) -> None:
@@ -90,8 +89,8 @@ def trainable(config: dict[str, Any]) -> None:
                 trainer.load_state_dict(torch.load(Path(d) / "state.pt", weights_only=True))
         if trainer.step == 0:
             history.add(trainer.method, 0)                          # the untrained model's heatmap
-        _heartbeat(trainer, f"[{ctx.name}] {tctx.get_trial_name()}")
-        result = trainer.run(on_report, progress=False)
+        label = f"[{ctx.name}] {tctx.get_trial_name()}"
+        result = trainer.run(on_report, progress=False, heartbeat=lambda line: print(f"{label}: {line}", flush=True))
         if result.example is not None:
             outputs.final(result.example, trainer.step, _title(run, trainer.step, final))
             history.write(trial_dir)
@@ -126,25 +125,6 @@ def shown_metrics(metrics: dict[str, float], keys) -> str:
 def _title(run, step: int, metrics: dict[str, float]) -> str:
     return (f"{run.method} on {run.dataset}, seed {run.seed}, step {step}: "
             + shown_metrics(metrics, ("rmse", "det_rate", "both")))
-
-
-def _heartbeat(trainer, label: str, every_s: float = HEARTBEAT_S) -> None:
-    """Print `label`: step, steps/s and the primary training loss at most every `every_s` s, between evaluations.
-    The Trainer has no per-step hook, so this wraps its method's train_step (on the instance, not the class)."""
-    step_fn, budget = trainer.method.train_step, trainer.budget_steps()
-    last = {"t": time.monotonic(), "step": trainer.step}
-
-    def train_step(batch):
-        losses = step_fn(batch)
-        now, step = time.monotonic(), trainer.step + 1            # the trainer counts the step after this returns
-        if now - last["t"] >= every_s:
-            rate = (step - last["step"]) / (now - last["t"])
-            loss = shown_metrics({f"train_{k}": v for k, v in losses.items()}, [f"train_{k}" for k in losses][:1])
-            print(f"{label}: step {step}/{budget}, {rate:.2f} steps/s, {loss}", flush=True)
-            last.update(t=now, step=step)
-        return losses
-
-    trainer.method.train_step = train_step
 
 
 def _fault(hook: str | None, run, phase: str, attempt: int) -> int | None:

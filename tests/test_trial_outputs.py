@@ -88,19 +88,17 @@ def test_final_outputs_without_a_trial_folder_still_reach_mlflow(splits):
     assert list(run.figures) == [f"figures/step_{t.step:06d}.png"]
 
 
-def test_heartbeat_prints_step_rate_and_loss(splits, capsys):
-    from sweeps.trial import _heartbeat
+def test_heartbeat_goes_to_the_given_function(splits, monkeypatch):
+    from mist_core import train
 
-    t = _trainer(splits, "grid", max_steps=3, eval_every=100)
-    _heartbeat(t, "[s] trial-1", every_s=0.0)  # a line at every step
-    t.run(progress=False)
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(",")[0] for line in lines] == [f"[s] trial-1: step {i}/3" for i in (1, 2, 3)]
+    lines: list[str] = []
+    monkeypatch.setattr(train, "HEARTBEAT_S", 0.0)  # a line at every step
+    _trainer(splits, "grid", max_steps=3, eval_every=100).run(progress=False, heartbeat=lines.append)
+    assert [line.split(",")[0] for line in lines] == [f"step {i}/3" for i in (1, 2, 3)]
     assert all("steps/s" in line and ", train_" in line for line in lines)
-    t2 = _trainer(splits, "grid", max_steps=3, eval_every=100)
-    _heartbeat(t2, "quiet", every_s=3600.0)
-    t2.run(progress=False)
-    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(train, "HEARTBEAT_S", 3600.0)
+    _trainer(splits, "grid", max_steps=3, eval_every=100).run(progress=False, heartbeat=lines.append)
+    assert len(lines) == 3                                                  # nothing new within the interval
 
 
 def test_undefined_metrics_show_as_na():
