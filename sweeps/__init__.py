@@ -7,6 +7,7 @@ sweeps.cli        the `mist-bench` console command (train, preview, sweep, repor
 sweeps.command    the one error path every entry point shares: an expected failure is one line and exit code 2
 sweeps.estimate   planned steps and core-hours of a sweep from measured seconds per step (`--check`)
 sweeps.config     the schema of a sweep config and its validation (every (dataset, method) cell resolved up front)
+sweeps.preflight  can this machine run the plan: the trials' device, the storage folder, the MLflow store
 sweeps.run        the command line (`main(argv)`, `run_sweep`)
 sweeps.driver     the runner: phase 1 Optuna search per cell, phase 2 the best config on every seed
 sweeps.search     phase 1 in Tune's terms: search space, Optuna searcher, ASHA, the best trial

@@ -40,3 +40,14 @@ def config_with(**changes) -> dict:
 
 
 DELETE = object()
+
+
+def local_ray_instance(num_cpus: int):
+    """A private local Ray instance for a class-scoped fixture (`yield from`); the sweeps under test join it."""
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()

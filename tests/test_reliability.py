@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mist_core.config import ConfigError, parse_config
-from sweep_fixtures import DELETE, config_with, write_config
+from sweep_fixtures import DELETE, config_with, local_ray_instance, write_config
 from sweeps.config import SweepConfig, load_sweep, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,13 +245,7 @@ def _runs(uri: str, experiment: str):
 
 @pytest.fixture(scope="class")
 def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    yield from local_ray_instance(num_cpus=1)
 
 
 class TestOnLocalRay:

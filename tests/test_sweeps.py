@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from mist_core.config import ConfigError, parse_config
-from sweep_fixtures import BASE, DELETE, config_with, write_config  # the sweep configs these tests vary
+from sweep_fixtures import BASE, DELETE, config_with, local_ray_instance, write_config  # the sweep configs these tests vary
 from sweeps.config import CONFIG_DIR, SweepConfig, load_sweep, plan
 from sweeps.results import COLUMNS, ResultsWriter, load_results, report_rows
 
@@ -192,13 +192,7 @@ def test_results_rows_rewrite_atomically_and_dedupe(tmp_path):
 # --- a real sweep on local Ray: smoke, failed on purpose, resumed ------------------------------------------
 @pytest.fixture(scope="class")
 def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    yield from local_ray_instance(num_cpus=2)
 
 
 @pytest.fixture(scope="class")
