@@ -27,6 +27,7 @@ from mist_core.method import LogUniform, Method, SearchSpace
 from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes, sample_patches
 from mist_core.task import TaskHead, TaskOutput
+from mist_core.tasknets import CHANNELS_LAST
 from mist_core.types import Batch, DataSpec, Prediction, Task
 
 from baselines.grid import rank_mask
@@ -66,9 +67,10 @@ class ChannelHeatmap(nn.Module):
         self.stem = nn.Conv2d(in_ch, width, 3, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
         self.head = nn.Conv2d(width, k, 3, padding=1)
+        self.to(memory_format=CHANNELS_LAST)  # NHWC as HeatmapNet's trunk
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(F.relu(self.stem(x))))
+        return self.head(self.blocks(F.relu(self.stem(x.contiguous(memory_format=CHANNELS_LAST)))))
 
 
 class Channelwise(Method):

@@ -32,6 +32,7 @@ def kmeans_centres(images: Tensor, counts: Tensor, k: int, ink: float, iteration
     Loops over iterations and clusters only; every step is batched over images and pixels.
     """
     B, _, H, W = images.shape
+    N = H * W
     w = images.mean(1).flatten(1)                                                    # (B, N) intensity
     w = torch.where(w > ink, w, torch.zeros_like(w))
     ys, xs = torch.meshgrid(torch.arange(H, dtype=w.dtype), torch.arange(W, dtype=w.dtype), indexing="ij")
@@ -45,11 +46,13 @@ def kmeans_centres(images: Tensor, counts: Tensor, k: int, ink: float, iteration
         centres[:, j] = nxt
         d2 = torch.minimum(d2, ((pix[None] - nxt[:, None]) ** 2).sum(-1))
     for _ in range(iterations):
-        dist = ((pix[None, :, None] - centres[:, None]) ** 2).sum(-1)                     # (B, N, k)
-        dist = dist.masked_fill(~use[:, None, :], float("inf"))
-        assign = torch.nn.functional.one_hot(dist.argmin(-1), k).to(w.dtype) * w[..., None]  # (B, N, k)
-        mass = assign.sum(1)                                                          # (B, k)
-        mean = torch.einsum("bnk,nc->bkc", assign, pix) / mass.clamp_min(1e-9)[..., None]
+        dx = pix[None, :, None, 0] - centres[:, None, :, 0]                           # (B, N, k)
+        dy = pix[None, :, None, 1] - centres[:, None, :, 1]
+        dist = (dx * dx + dy * dy).masked_fill(~use[:, None, :], float("inf"))        # (B, N, k)
+        nearest = dist.argmin(-1)                                                     # (B, N)
+        mass = w.new_zeros(B, k).scatter_add_(1, nearest, w)                          # (B, k)
+        sums = w.new_zeros(B, k, 2).scatter_add_(1, nearest[..., None].expand(B, N, 2), w[..., None] * pix[None])
+        mean = sums / mass.clamp_min(1e-9)[..., None]                                 # (B, k, 2)
         centres = torch.where((mass > 0)[..., None], mean, centres)                   # empty clusters stay
     centres = torch.where(use[..., None], centres, torch.tensor([W / 2, H / 2], dtype=w.dtype, device=w.device))
     return centres, torch.where(use, mass, torch.zeros_like(mass))

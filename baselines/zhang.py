@@ -31,6 +31,7 @@ from mist_core.heatmap import ResBlock
 from mist_core.method import LogUniform, Method, SearchSpace
 from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes
+from mist_core.tasknets import CHANNELS_LAST
 from mist_core.types import Batch, DataSpec, Prediction, Task
 
 __all__ = ["Zhang", "ZhangConfig", "landmarks", "equivariance_loss", "random_affine"]
@@ -139,10 +140,11 @@ class ZhangNet(nn.Module):
                                     nn.Conv2d(w, spec.channels, 3, padding=1))
         with torch.no_grad():
             self.dec_up[-1].bias.fill_(c.decoder_bias)
+        self.to(memory_format=CHANNELS_LAST)  # NHWC convolutions: the quick step 1.3x faster on CPU
 
     def detect(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """-> soft masks (B, K+1, H, W) and features (B, F, H, W)."""
-        logits, feats = self.hourglass(images)
+        logits, feats = self.hourglass(images.contiguous(memory_format=CHANNELS_LAST))
         return F.softmax(logits, dim=1), self.proj(feats)
 
     def decode(self, mu: Tensor, masks: Tensor, feats: Tensor, sigma: float, H: int, W: int) -> Tensor:

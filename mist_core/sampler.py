@@ -8,6 +8,8 @@ with respect to the image/patches and to the keypoints.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,20 +45,38 @@ def sample_patches(images: Tensor, kp: Tensor, p: int) -> Tensor:
 def paste_patches(patches: Tensor, kp: Tensor, height: int, width: int, reduce: bool = True) -> Tensor:
     """S^-1 of eq. 8: place each patch (B, K, C, p, p) at its keypoint (B, K, 3) on a zero canvas and sum over K.
 
-    Returns (B, C, H, W), or (B, K, C, H, W) per-patch canvases when reduce=False.
+    Returns (B, C, H, W), or (B, K, C, H, W) per-patch canvases when reduce=False. Each patch is resampled only on
+    the n x n pixels it can reach and scatter-added into the canvas: the same values as resampling the whole
+    canvas per patch, at (n / H)^2 of the cost (quick: 23 x 23 of 80 x 80).
     """
     B, K, C, p, _ = patches.shape
     dt, dev = patches.dtype, patches.device
-    X = torch.arange(width, device=dev, dtype=dt) + 0.5                               # (W,) pixel centres
-    Y = torch.arange(height, device=dev, dtype=dt) + 0.5                              # (H,)
-    x0 = kp[..., 0:1] - kp[..., 2:3] / 2                                              # (B, K, 1)
-    y0 = kp[..., 1:2] - kp[..., 2:3] / 2
-    s = kp[..., 2:3]
-    ux = 2 * (X - x0) / s - 1                                                         # (B, K, W) in patch coords
-    uy = 2 * (Y - y0) / s - 1                                                         # (B, K, H)
-    grid = torch.stack([ux[:, :, None, :].expand(B, K, height, width),
-                        uy[:, :, :, None].expand(B, K, height, width)], dim=-1)       # (B, K, H, W, 2)
-    canvases = F.grid_sample(patches.reshape(B * K, C, p, p), grid.reshape(B * K, height, width, 2),
-                             mode="bilinear", padding_mode="zeros", align_corners=False)  # (B*K, C, H, W)
-    canvases = canvases.view(B, K, C, height, width)
-    return canvases.sum(1) if reduce else canvases
+    s = kp[..., 2:3]                                                                  # (B, K, 1) side in pixels
+    x0, y0 = kp[..., 0:1] - s / 2, kp[..., 1:2] - s / 2                               # (B, K, 1) top-left corner
+    with torch.no_grad():
+        # bilinear with zero padding reaches half a patch pixel (s / 2p) past each side: a pixel (centre j + 0.5)
+        # gets a value only if x0 - s/2p < j + 0.5 < x0 + s + s/2p, at most n pixels per axis
+        n = int(math.ceil(float(s.max()) * (1 + 1 / p))) + 2
+        reach = s / (2 * p)
+        ox = (torch.floor(x0 - reach - 0.5) + 1).clamp(-n, width).long()           # (B, K, 1) window origin
+        oy = (torch.floor(y0 - reach - 0.5) + 1).clamp(-n, height).long()
+        j = torch.arange(n, device=dev)                                               # (n,)
+    X = (ox + j).to(dt) + 0.5                                                         # (B, K, n) pixel centres
+    Y = (oy + j).to(dt) + 0.5
+    ux = 2 * (X - x0) / s - 1                                                         # (B, K, n) in patch coords
+    uy = 2 * (Y - y0) / s - 1
+    grid = torch.stack([ux[:, :, None, :].expand(B, K, n, n),
+                        uy[:, :, :, None].expand(B, K, n, n)], dim=-1)                # (B, K, n, n, 2)
+    local = F.grid_sample(patches.reshape(B * K, C, p, p), grid.reshape(B * K, n, n, 2),
+                          mode="bilinear", padding_mode="zeros", align_corners=False)  # (B*K, C, n, n)
+    # scatter into a canvas padded by n on every side, so that every window lies inside it, then crop
+    Hp, Wp = height + 2 * n, width + 2 * n
+    idx = ((oy + n + j)[..., :, None] * Wp + (ox + n + j)[..., None, :])              # (B, K, n, n) flat index
+    if reduce:
+        src = local.view(B, K, C, n * n).transpose(1, 2).reshape(B, C, K * n * n)     # (B, C, K*n*n)
+        index = idx.view(B, 1, K * n * n).expand(B, C, K * n * n)
+        canvas = patches.new_zeros(B, C, Hp * Wp).scatter_add(2, index, src)          # (B, C, Hp*Wp)
+        return canvas.view(B, C, Hp, Wp)[:, :, n:n + height, n:n + width]
+    index = idx.view(B * K, 1, n * n).expand(B * K, C, n * n)
+    canvas = patches.new_zeros(B * K, C, Hp * Wp).scatter_add(2, index, local.view(B * K, C, n * n))
+    return canvas.view(B, K, C, Hp, Wp)[..., n:n + height, n:n + width]

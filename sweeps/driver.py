@@ -21,6 +21,7 @@ from typing import Any
 from mist_core.config import ConfigError
 from sweeps import cluster, search, tracking
 from sweeps.config import Cell, Plan, plan
+from sweeps.estimate import longest_first, step_timings
 from sweeps.interrupts import Interrupted, deferred, sigterm_raises, tune_caught_sigint
 from sweeps.progress import SweepInfo, SweepProgress, activate, say
 from sweeps.results import RESULTS_FILE, ResultsWriter
@@ -259,10 +260,12 @@ class Sweep:
         """Phase 2: every cell, with its best parameters, on every seed: one grid, no early stopping."""
         from ray import tune
 
+        cells = longest_first(self.plan.cells, self.cfg.task, self.cfg.scale, step_timings())
         specs = [TrialSpec.planned(self.ctx, "seeds", c, seed=seed, params=best[c.key]).model_dump()
-                 for c in self.plan.cells for seed in self.cfg.seeds]
-        space = {"spec": tune.grid_search(specs)}
-        say(self.info, f"seeds: {len(self.plan.cells)} cell(s) x {len(self.cfg.seeds)} seed(s)")
+                 for c in cells for seed in self.cfg.seeds]
+        space = {"spec": tune.grid_search(specs)}  # Tune starts them in this order
+        say(self.info, f"seeds: {len(cells)} cell(s) x {len(self.cfg.seeds)} seed(s), longest first by measured "
+                       f"step cost: {', '.join(f'{c.dataset}/{c.method}' for c in cells)}")
         self._fit(SEEDS_EXPERIMENT, self._tuner(SEEDS_EXPERIMENT, space, self._tune_config(num_samples=1)),
                   every_trial_ends=True)
 

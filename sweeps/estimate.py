@@ -12,13 +12,15 @@ median is used. Evaluation time is not counted.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
-__all__ = ["Planned", "Timing", "step_timings", "planned_steps", "core_hours", "MEASURED_DIR"]
+__all__ = ["Planned", "Timing", "step_timings", "planned_steps", "cell_steps", "longest_first", "core_hours",
+           "MEASURED_DIR"]
 
 MEASURED_DIR = Path(__file__).resolve().parent.parent / "bench" / "measured"
 
@@ -88,6 +90,24 @@ def planned_steps(params: dict[str, Any], learns: bool = True) -> int:
     from mist_core.train import step_budget
 
     return step_budget(int(params["train.max_steps"]), params.get("dataset.n_train"), params["train.batch_size"], learns)
+
+
+def cell_steps(cell) -> int:
+    """Training steps of each trial of a plan's cell (sweeps.config.Cell); a module:Class method left unimported
+    (--check) counts as one that learns."""
+    from mist_core.registry import get_method
+
+    return planned_steps(cell.params, get_method(cell.method).learns if cell.imported else True)
+
+
+def longest_first(cells: Iterable, task: str, scale: str, timings: dict[Key, Timing]) -> list:
+    """The cells by estimated core-seconds per trial, longest first (cells without a timing first, then the
+    config's order): the longest-processing-time rule, so that no long trial starts last and runs alone."""
+    def cost(cell) -> float:
+        t = timings.get((cell.method, task, scale))
+        return math.inf if t is None else t.core_seconds_per_step * cell_steps(cell)
+
+    return sorted(cells, key=cost, reverse=True)
 
 
 def core_hours(planned: Iterable[Planned], timings: dict[Key, Timing]) -> tuple[float, list[str]]:

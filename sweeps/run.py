@@ -79,15 +79,13 @@ def run_sweep(config: str | Path | SweepConfig, *, storage: str | None = None, t
 
 def print_check(p: Plan) -> None:
     """The plan, the training steps each cell's trials run, and the core-hours they cost at measured step costs."""
-    from mist_core.registry import get_method
-    from sweeps.estimate import MEASURED_DIR, Planned, core_hours, planned_steps, step_timings
+    from sweeps.estimate import MEASURED_DIR, Planned, cell_steps, core_hours, step_timings
 
     sweep = p.sweep
     print(p.describe()[0])
     planned: list[Planned] = []
     for c in p.cells:
-        # a module:Class method is not imported at --check (its import runs its code): counted as one that learns
-        steps = planned_steps(c.params, get_method(c.method).learns if c.imported else True)
+        steps = cell_steps(c)
         n_search = sweep.search.num_samples if p.needs_search(c) else 0
         cell = [Planned(c.method, sweep.task, sweep.scale, steps, n) for n in (n_search, len(sweep.seeds)) if n]
         planned += cell

@@ -237,6 +237,25 @@ def test_step_timings_and_core_hours(tmp_path):
     assert planned_steps({"train.max_steps": 1000, "train.batch_size": 32}, learns=False) == 1000
 
 
+def test_trials_start_longest_first():
+    """Cells ordered by measured seconds per trial: unknown cost first, then steps x step cost; a method with
+    nothing to learn costs one pass (not max_steps), ties keep the config's order."""
+    from types import SimpleNamespace
+
+    from sweeps.estimate import Timing, longest_first
+
+    params = {"train.max_steps": 1000, "train.batch_size": 32, "dataset.n_train": 320}
+
+    def cell(method, dataset="d"):
+        return SimpleNamespace(method=method, dataset=dataset, params=params, imported=True)
+
+    t = {(m, "recon", "quick"): Timing(s, 1, "ladder") for m, s in
+         [("grid", 0.1), ("mist", 0.5), ("trivial", 20.0), ("air", 0.1)]}  # trivial: 10 steps x 20 = 200 s
+    cells = [cell("grid"), cell("trivial"), cell("mist"), cell("zhang"), cell("air"), cell("grid", "e")]
+    got = [(c.method, c.dataset) for c in longest_first(cells, "recon", "quick", t)]
+    assert got == [("zhang", "d"), ("mist", "d"), ("trivial", "d"), ("grid", "d"), ("air", "d"), ("grid", "e")]
+
+
 def test_check_prints_steps_trials_and_estimate(tmp_path, capsys):
     from sweeps.run import main
 

@@ -113,6 +113,41 @@ def test_sampler_round_trip_non_overlapping():
     assert (image.flatten(1).sum(1) - patches.flatten(1).sum(1)).abs().max() < 1e-3
 
 
+def _paste_whole_canvas(patches, kp, height, width):
+    """S^-1 by resampling every patch over the whole canvas: the reference the windowed paste must equal."""
+    B, K, C, p, _ = patches.shape
+    X, Y = torch.arange(width) + 0.5, torch.arange(height) + 0.5                      # pixel centres
+    s = kp[..., 2:3]
+    ux = 2 * (X - (kp[..., 0:1] - s / 2)) / s - 1                                     # (B, K, W)
+    uy = 2 * (Y - (kp[..., 1:2] - s / 2)) / s - 1                                     # (B, K, H)
+    grid = torch.stack([ux[:, :, None, :].expand(B, K, height, width),
+                        uy[:, :, :, None].expand(B, K, height, width)], dim=-1)
+    out = torch.nn.functional.grid_sample(patches.reshape(B * K, C, p, p), grid.reshape(B * K, height, width, 2),
+                                          mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(B, K, C, height, width)
+
+
+@pytest.mark.parametrize("reduce", [True, False])
+def test_windowed_paste_equals_the_whole_canvas_paste_and_its_gradients(reduce):
+    """Off-grid centres, mixed sizes, patches hanging over every border or wholly outside the image."""
+    torch.manual_seed(0)
+    B, K, C, p, H, W = 3, 5, 2, 8, 30, 36
+    cxy = torch.rand(B, K, 2) * torch.tensor([W + 30.0, H + 30.0]) - 15              # some far outside
+    kp = torch.cat([cxy, 6 + 14 * torch.rand(B, K, 1)], -1).requires_grad_(True)
+    patches = torch.rand(B, K, C, p, p, requires_grad=True)
+    weights = torch.rand(B, K, C, H, W)                                               # a loss that sees every pixel
+    got = paste_patches(patches, kp, H, W, reduce=reduce)
+    ref = _paste_whole_canvas(patches, kp, H, W)
+    ref = ref.sum(1) if reduce else ref
+    assert got.shape == ref.shape and (ref.abs() > 0).any()
+    assert torch.allclose(got, ref, atol=1e-6), float((got - ref).abs().max())
+    w = weights.sum(1) if reduce else weights
+    g_got = torch.autograd.grad((got * w).sum(), [patches, kp])
+    g_ref = torch.autograd.grad((ref * w).sum(), [patches, kp])
+    for name, a, b in zip(["patches", "keypoints"], g_got, g_ref):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (name, float((a - b).abs().max()))
+
+
 def test_sampler_scales_and_differentiates():
     img = torch.zeros(1, 1, 32, 32)
     img[..., 8:24, 8:24] = 1.0
