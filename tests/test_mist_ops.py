@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mist_core.heatmap import HeatmapNet, local_spatial_softmax
-from mist_core.keypoints import extract_topk, gaussian_blur, nms, render_heatmap, scale_pool
+from mist_core.keypoints import extract_topk, gaussian_blur, nms, render_heatmap, scale_pool, sliding_max
 from mist_core.mist import MIST
 from mist_core.sampler import keypoint_boxes, paste_patches, sample_patches
 from mist_core.tasknets import PatchAutoEncoder, PatchClassifier
@@ -87,6 +87,19 @@ def test_nms_keeps_only_local_maxima():
             for j in range(20):
                 is_max = h[b, i, j] >= padded[b, i : i + 5, j : j + 5].max()
                 assert bool(kept[b, i, j]) == bool(is_max)
+
+
+@pytest.mark.parametrize("window", [1, 3, 9, 15])
+def test_sliding_max_equals_a_stride_one_max_pool(window):
+    """Ties included (small integers), windows longer than the axis, both axes; NMS keeps the same maxima."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 4, (3, 11, 7)).float()                                       # (B, H, W)
+    pool = torch.nn.functional.max_pool2d
+    r = window // 2
+    assert torch.equal(sliding_max(x, window, -1), pool(x[:, None], (1, window), 1, (0, r))[:, 0])
+    assert torch.equal(sliding_max(x, window, -2), pool(x[:, None], (window, 1), 1, (r, 0))[:, 0])
+    square = pool(x[:, None], window, 1, r)[:, 0]
+    assert torch.equal(torch.isfinite(nms(x, window)), x >= square)
 
 
 def test_topk_picks_highest_peaks_sorted():
