@@ -8,16 +8,19 @@ classification task, 80 x 80 images with 9 digits of 20 px, K = 9, batch 32, one
 network of 4 blocks of 32 channels, 32 x 32 patches, a classifier of 5 levels of 3 blocks from 8 channels, 2 SGD
 steps on the keypoints. Every other MIST field is the `paper` preset's (learning rates, softmax and NMS windows:
 they do not change a step's work). Measured as the `steps` item measures a row (bench.steps.measure_case): one
-batch of the dataset, `warmup` untimed steps, then `repeats` timed calls of MIST's train_step.
+batch of the dataset, `warmup` untimed steps, then `repeats` timed calls of MIST's train_step. Beside it, as the
+`flops` item: the step's FLOPs (convolutions and matmuls, forward and backward) over its median time against the
+best conv2d rate measured in the same run, and the images/s the step would reach at that rate.
 """
 from __future__ import annotations
 
 import sys
 from types import MappingProxyType
 
+from bench.flops import conv_peak, count_step_flops
 from bench.settings import Settings
 from bench.steps import measure_case
-from bench.workload import load_case
+from bench.workload import build, load_case
 
 __all__ = ["TASK", "BATCH_SIZE", "DATASET", "DATA", "MIST_FIELDS", "load", "run"]
 
@@ -40,6 +43,12 @@ def run(s: Settings) -> dict:
     r, splits = load(s.device)
     print(f"[bench] authors: MIST/{TASK}, batch {BATCH_SIZE}, {dict(MIST_FIELDS)}", file=sys.stderr, flush=True)
     row = {"method": "mist", "task": TASK, "dataset": DATASET, **measure_case(r, splits, s)}
+    # how near the machine's limit the step is: its counted FLOPs at the measured time against conv2d's best rate
+    flops, _ = count_step_flops(build(r, splits))
+    peak = max(c["gflops_per_s"] for c in conv_peak(s.conv_shapes, s))
+    achieved = flops / (row["median_ms"] / 1e3) / 1e9
+    row.update(step_flops=flops, achieved_gflops_per_s=achieved, conv_peak_gflops_per_s=peak,
+               ratio_to_conv_peak=achieved / peak, images_per_s_at_conv_peak=BATCH_SIZE * peak * 1e9 / flops)
     return {"device": s.device, "repeats": s.repeats, "method_config": r.method_cfg.model_dump(mode="json"),
             "dataset_config": r.dataset_cfg.model_dump(mode="json"), "rows": [row]}
 

@@ -101,6 +101,12 @@ def test_bench_authors_configuration(tmp_path):
     md = render(r)
     assert "MIST step at the authors' configuration (classify, batch 32, K 9, sizes [20.0], heatmap 4 blocks of 32" in md
     assert f" {row['images_per_s']:.3g} " in md.splitlines()[-1]                   # the row: images/s
+    # the step's place against the machine: FLOPs at the median time, over the best conv2d rate of the same run
+    assert row["step_flops"] > 1e9                                                  # ~10^11 at this configuration
+    assert row["achieved_gflops_per_s"] == pytest.approx(row["step_flops"] / row["median_ms"] / 1e6)
+    assert row["ratio_to_conv_peak"] == pytest.approx(row["achieved_gflops_per_s"] / row["conv_peak_gflops_per_s"])
+    assert row["images_per_s_at_conv_peak"] == pytest.approx(row["images_per_s"] / row["ratio_to_conv_peak"])
+    assert f"{100 * row['ratio_to_conv_peak']:.1f}%" in md.splitlines()[-1]
 
 
 @pytest.mark.cluster

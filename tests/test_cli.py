@@ -237,6 +237,31 @@ def test_step_timings_and_core_hours(tmp_path):
     assert planned_steps({"train.max_steps": 1000, "train.batch_size": 32}, learns=False) == 1000
 
 
+def test_recorded_sweep_costs_come_before_the_ladders(tmp_path):
+    """`python -m sweeps.estimate record`: per trial of phase seeds, its last step and core-seconds; step_timings
+    then prefers them to the ladder's."""
+    import pandas as pd
+
+    from sweeps.estimate import main, step_timings
+
+    rows = [dict(sweep="q", trial=t, phase=ph, method=m, dataset="d", table="", task="recon", scale="quick", seed=0,
+                 step=step, final=step == 100, metric="rmse", value=0.1, core_seconds=cs, wall_seconds=cs, params_json="{}")
+            for t, ph, m, step, cs in [("a", "seeds", "mist", 50, 20.0), ("a", "seeds", "mist", 100, 40.0),
+                                       ("b", "seeds", "mist", 100, 60.0), ("c", "search", "mist", 100, 900.0),
+                                       ("e", "seeds", "grid", 100, 7.0)]]
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    pd.DataFrame(rows).to_parquet(sweep / "results.parquet")
+    (tmp_path / "m" / "ladder").mkdir(parents=True)
+    (tmp_path / "m" / "ladder" / "l.json").write_text(json.dumps({"rows": [
+        {"rung": "mist", "method": "mist", "task": "recon", "scale": "quick",
+         "final": {"step": 10.0, "core_seconds": 99.0}}]}))
+    assert main(["record", str(sweep), "--out", str(tmp_path / "m" / "sweeps" / "q.json")]) == 0
+    t = step_timings(tmp_path / "m")
+    assert t[("mist", "recon", "quick")] == (0.5, 2, "sweeps")        # median of 40/100 and 60/100; search left out
+    assert t[("grid", "recon", "quick")] == (0.07, 1, "sweeps")
+
+
 def test_trials_start_longest_first():
     """Cells ordered by measured seconds per trial: unknown cost first, then steps x step cost; a method with
     nothing to learn costs one pass (not max_steps), ties keep the config's order."""
