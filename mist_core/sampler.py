@@ -75,8 +75,8 @@ def paste_patches(patches: Tensor, kp: Tensor, height: int, width: int, reduce: 
     if reduce:
         src = local.view(B, K, C, n * n).transpose(1, 2).reshape(B, C, K * n * n)     # (B, C, K*n*n)
         index = idx.view(B, 1, K * n * n).expand(B, C, K * n * n)
-        canvas = patches.new_zeros(B, C, Hp * Wp).scatter_add(2, index, src)          # (B, C, Hp*Wp)
+        canvas = src.new_zeros(B, C, Hp * Wp).scatter_add(2, index, src)          # (B, C, Hp*Wp)
         return canvas.view(B, C, Hp, Wp)[:, :, n:n + height, n:n + width]
     index = idx.view(B * K, 1, n * n).expand(B * K, C, n * n)
-    canvas = patches.new_zeros(B * K, C, Hp * Wp).scatter_add(2, index, local.view(B * K, C, n * n))
+    canvas = local.new_zeros(B * K, C, Hp * Wp).scatter_add(2, index, local.view(B * K, C, n * n))
     return canvas.view(B, K, C, Hp, Wp)[..., n:n + height, n:n + width]
