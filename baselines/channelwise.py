@@ -19,20 +19,19 @@ import statistics
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from mist_core.config import StrictConfig
-from mist_core.heatmap import ResBlock
+from mist_core.heatmap import ConvTrunk
 from mist_core.method import LogUniform, Method, SearchSpace
 from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes, sample_patches
 from mist_core.task import TaskHead, TaskOutput
-from mist_core.tasknets import CHANNELS_LAST
 from mist_core.types import Batch, DataSpec, Prediction, Task
 
 from baselines.grid import rank_mask
 
-__all__ = ["Channelwise", "ChannelwiseConfig", "ChannelHeatmap", "soft_argmax"]
+__all__ = ["Channelwise", "ChannelwiseConfig", "soft_argmax"]
 
 
 class ChannelwiseConfig(StrictConfig):
@@ -59,20 +58,6 @@ def soft_argmax(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     return torch.stack([x, y], -1), prob
 
 
-class ChannelHeatmap(nn.Module):
-    """HeatmapNet's single-scale trunk with a K-channel head: (B, C, H, W) -> logits (B, K, H, W)."""
-
-    def __init__(self, in_ch: int, width: int, blocks: int, k: int):
-        super().__init__()
-        self.stem = nn.Conv2d(in_ch, width, 3, padding=1)
-        self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
-        self.head = nn.Conv2d(width, k, 3, padding=1)
-        self.to(memory_format=CHANNELS_LAST)  # NHWC as HeatmapNet's trunk
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(F.relu(self.stem(x.contiguous(memory_format=CHANNELS_LAST)))))
-
-
 class Channelwise(Method):
     name = "channelwise"
     Config = ChannelwiseConfig
@@ -92,7 +77,7 @@ class Channelwise(Method):
     def __init__(self, cfg: ChannelwiseConfig | dict, spec: DataSpec, task: Task, device="cpu"):
         super().__init__(cfg, spec, task, device)
         c = self.cfg
-        self.heat = ChannelHeatmap(spec.channels, c.heat_width, c.heat_blocks, c.k).to(self.device)
+        self.heat = ConvTrunk(spec.channels, c.heat_width, c.heat_blocks, c.k).to(self.device)  # K logit maps
         self.head = TaskHead(task, spec.channels, c.patch_res, c.task_width, c.task_levels, c.task_blocks,
                              spec.n_classes).to(self.device)
         self.opt = torch.optim.Adam([*self.heat.parameters(), *self.head.parameters()], lr=c.lr)

@@ -140,7 +140,7 @@ class ZhangNet(nn.Module):
                                     nn.Conv2d(w, spec.channels, 3, padding=1))
         with torch.no_grad():
             self.dec_up[-1].bias.fill_(c.decoder_bias)
-        self.to(memory_format=CHANNELS_LAST)  # NHWC convolutions: the quick step 1.3x faster on CPU
+        self.to(memory_format=CHANNELS_LAST)  # NHWC, as MIST's networks: oneDNN/cuDNN convolve it faster
 
     def detect(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """-> soft masks (B, K+1, H, W) and features (B, F, H, W)."""

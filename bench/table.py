@@ -26,11 +26,6 @@ def _n(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def _get(row: dict, key: str, scale: float = 1.0) -> float | None:
-    """row[key] x scale, None when absent (JSON written before the field existed)."""
-    return None if row.get(key) is None else row[key] * scale
-
-
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -72,7 +67,7 @@ def authors_md(r: dict) -> str:
              f"blocks from {c['task_width']}, {c['kp_steps']} keypoint steps")
     return (f"### MIST step at the authors' configuration ({where}; {r['repeats']} timed steps)\n\n"
             + _table([[_n(x["median_ms"]), _n(x["iqr_ms"]), _n(x["images_per_s"]), _n(x["peak_mem_mb"]),
-                       _n(x["cpu_per_wall"], 2), _n(_get(x, "step_flops", 1e-9)), _n(x.get("achieved_gflops_per_s")),
+                       _n(x["cpu_per_wall"], 2), _n(x["step_flops"] / 1e9 if "step_flops" in x else None), _n(x.get("achieved_gflops_per_s")),
                        _n(x.get("conv_peak_gflops_per_s")), _pct(x.get("ratio_to_conv_peak")),
                        _n(x.get("images_per_s_at_conv_peak"))]],
                      ["ms/step (median)", "IQR (ms)", "images/s", "peak memory (MB)", "CPU s / wall s", "GFLOP/step",

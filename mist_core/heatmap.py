@@ -15,7 +15,7 @@ from mist_core._profiling import profile_range
 from mist_core.keypoints import scale_pool
 from mist_core.tasknets import CHANNELS_LAST
 
-__all__ = ["ResBlock", "HeatmapNet", "local_spatial_softmax"]
+__all__ = ["ResBlock", "ConvTrunk", "HeatmapNet", "local_spatial_softmax"]
 
 
 class ResBlock(nn.Module):
@@ -66,20 +66,31 @@ def local_spatial_softmax(r: Tensor, window: int, strength: float, eps: float = 
     return e / (_window_sum(e, window) + eps)
 
 
-class HeatmapNet(nn.Module):
-    def __init__(self, in_ch: int, width: int, blocks: int, sizes: tuple[float, ...], window: int = 15,
-                 strength: float = 10.0):
+class ConvTrunk(nn.Module):
+    """A 3x3 stem, `blocks` ResBlocks of `width` channels (no downsampling), a 3x3 head to `out_ch` maps:
+    (B, C, H, W) -> (B, out_ch, H, W). MIST's heatmap trunk (out_ch 1) and channel-wise's (out_ch K)."""
+
+    def __init__(self, in_ch: int, width: int, blocks: int, out_ch: int):
         super().__init__()
-        self.scale_sizes = tuple(float(x) for x in sizes)   # Python floats: no device read (host sync) per forward
-        self.window, self.strength = window, strength
         self.stem = nn.Conv2d(in_ch, width, 3, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
-        self.head = nn.Conv2d(width, 1, 3, padding=1)
-        self.to(memory_format=CHANNELS_LAST)  # oneDNN/cuDNN convs run faster on NHWC (CPU: 1.4x fwd+bwd)
+        self.head = nn.Conv2d(width, out_ch, 3, padding=1)
+        self.to(memory_format=CHANNELS_LAST)  # oneDNN/cuDNN convs run faster on NHWC
 
     def raw(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=CHANNELS_LAST)
-        return self.head(self.blocks(F.relu(self.stem(x))))      # (B, 1, h, w)
+        return self.head(self.blocks(F.relu(self.stem(x))))      # (B, out_ch, H, W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.raw(x)
+
+
+class HeatmapNet(ConvTrunk):
+    def __init__(self, in_ch: int, width: int, blocks: int, sizes: tuple[float, ...], window: int = 15,
+                 strength: float = 10.0):
+        super().__init__(in_ch, width, blocks, 1)
+        self.scale_sizes = tuple(float(x) for x in sizes)   # Python floats: no device read (host sync) per forward
+        self.window, self.strength = window, strength
 
     @profile_range("mist.heatmap")  # a profiler range (bench/breakdown.py); free unless profiling
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
