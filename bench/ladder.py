@@ -145,15 +145,22 @@ def detection_after_x_step(m: MIST, data, n: int) -> float:
     return found / max(total, 1)
 
 
+def rung_config(rung: str, task: str, seed: int, steps: int, eval_every: int, threads: int | None,
+                dataset: str = "mnist_hard", scale: str = "quick", dataset_params: dict | None = None,
+                method_params: dict | None = None) -> RunConfig:
+    """The run of one rung: its method and overrides, then the command line's."""
+    method, mparams, tparams = RUNGS[rung]
+    return RunConfig(method=method, dataset=dataset, task=task, scale=scale, seed=seed,
+                     method_params={**mparams, **(method_params or {})}, dataset_params=dataset_params or {},
+                     train={"max_steps": steps, "max_seconds": None, "eval_every": eval_every, "threads": threads,
+                            **tparams})
+
+
 def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threads: int | None,
              dataset: str = "mnist_hard", scale: str = "quick", dataset_params: dict | None = None,
              method_params: dict | None = None, save_dir: str | None = None) -> dict[str, Any]:
-    method, mparams, tparams = RUNGS[rung]
-    mparams = {**mparams, **(method_params or {})}
-    cfg = RunConfig(method=method, dataset=dataset, task=task, scale=scale, seed=seed, method_params=mparams,
-                    dataset_params=dataset_params or {},
-                    train={"max_steps": steps, "max_seconds": None, "eval_every": eval_every, "threads": threads,
-                           **tparams})
+    cfg = rung_config(rung, task, seed, steps, eval_every, threads, dataset, scale, dataset_params, method_params)
+    method = cfg.method
     trainer = (_GTTrainer if rung == "task_on_gt" else Trainer)(cfg)
     t0 = time.perf_counter()
     res = trainer.run(progress=True)
@@ -198,7 +205,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.ladder", description=__doc__.split("\n")[0])
+    from sweeps.command import Parser, run_command
+
+    ap = Parser(prog="python -m bench.ladder", description=__doc__.split("\n")[0])
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train the rungs, write one JSON")
     r.add_argument("--task", choices=["recon", "classify"], default="recon")
@@ -224,6 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [x for x in rungs if x not in RUNGS]
     if unknown:
         ap.error(f"--rungs: unknown {', '.join(unknown)}; known: {', '.join(RUNGS)}")
+    return run_command(lambda: _run(a, rungs, argv), a.debug)
+
+
+def _run(a: argparse.Namespace, rungs: list[str], argv: list[str] | None) -> int:
+    from mist_core.train import resolve
+    from sweeps.command import writable_file
+    from sweeps.preflight import check_run
+
+    writable_file(a.out, "--out")
+    for seed in a.seeds:  # every run checked as a sweep's plan checks it, before the first one trains
+        for rung in rungs:
+            check_run(resolve(rung_config(rung, a.task, seed, a.steps, a.eval_every, a.threads, a.dataset, a.scale,
+                                          method_params=parse_overrides(a.method_param))))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     doc: dict[str, Any] = {"command": "python -m bench.ladder " + " ".join(sys.argv[1:] if argv is None else argv),
                            "machine": machine_info("cpu"), "rows": []}

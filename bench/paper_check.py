@@ -35,6 +35,8 @@ from mist_core.presets import train_config
 from mist_core.task import TaskHead
 from mist_core.train import Resolved, RunConfig, Trainer, resolve
 from mist_core.types import Batch
+from sweeps.command import Parser, error_line
+from sweeps.preflight import check_run, device_problems
 
 __all__ = ["main", "ResidentTrainer", "PARTS", "PAPER"]
 
@@ -201,7 +203,7 @@ def compare_fp32(r: Resolved, splits: Splits, data: dict[str, torch.Tensor], n: 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench.paper_check", description=__doc__.split("\n")[0])
+    ap = Parser(prog="python -m bench.paper_check", description=__doc__.split("\n")[0])
     ap.add_argument("--device", help="cuda (default when available) or cpu")
     ap.add_argument("--scale", default="paper", choices=("paper", "quick", "smoke"))
     ap.add_argument("--steps", type=int, help="MIST classify steps (default: the scale's preset; paper: the authors' "
@@ -233,11 +235,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for opt in ("warmup", "profile_steps", "compare_fp32"):
         if getattr(a, opt) is not None and getattr(a, opt) < 0:
             ap.error(f"--{opt.replace('_', '-')} must be >= 0, got {getattr(a, opt)}")
-    if a.time_limit <= 0:
-        ap.error(f"--time-limit must be > 0, got {a.time_limit}")
+    if not a.time_limit > 0 or not math.isfinite(a.time_limit):
+        ap.error(f"--time-limit must be a finite number > 0, got {a.time_limit}")
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if a.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error(f"--device {a.device}: no CUDA device is visible")
+    for problem in device_problems(a.device, field="--device"):  # the check every entry point shares
+        ap.error(problem)
     a.profile_steps = (5 if a.device.startswith("cuda") else 0) if a.profile_steps is None else a.profile_steps
     return a
 
@@ -258,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                                    dataset_params={"digits_dir": a.digits_dir} if a.digits_dir else {},
                                    train={**train, "max_steps": steps[p]}))
               for p, m, t in PARTS}
+        for r in rs.values():
+            check_run(r)  # what a sweep's plan refuses (a seed numpy refuses, corrupt digit files...), by name
     except ConfigError as e:
-        print(f"paper_check: {e}", file=sys.stderr)
+        print(error_line(str(e)), file=sys.stderr)
         return 2
     dcfg, B = rs["mist_classify"].dataset_cfg, rs["mist_classify"].train_cfg.batch_size
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None

@@ -30,19 +30,23 @@ def cmd_train(a: argparse.Namespace) -> int:
     # the first line before torch is imported and the data generated (seconds to minutes at quick scale)
     print(f"train: {a.method} on {a.dataset} ({a.scale}): preparing data...", file=sys.stderr, flush=True)
     from mist_core.config import parse_config, parse_overrides
-    from mist_core.train import RunConfig, Trainer
+    from mist_core.train import RunConfig, Trainer, resolve
+    from sweeps.preflight import check_run
 
     cfg = parse_config(RunConfig, dict(method=a.method, dataset=a.dataset, task=a.task, scale=a.scale, seed=a.seed,
                                        method_params=parse_overrides(a.method_param),
                                        dataset_params=parse_overrides(a.dataset_param),
                                        train=parse_overrides(a.train)), where="run")
-    trainer = Trainer(cfg)
+    resolved = resolve(cfg)
+    check_run(resolved)  # what a sweep's plan refuses, refused here too, before the data is generated
+    trainer = Trainer(resolved)
     print(f"train: {len(trainer.splits.train):,} training images; training {trainer.budget_steps():,} steps...",
           file=sys.stderr, flush=True)
     result = trainer.run()
     # an undefined metric (no detection: no matched IoU) is null, not JSON's invalid NaN
     print(json.dumps({k: v if math.isfinite(v) else None for k, v in result.metrics.items()}, indent=1, sort_keys=True))
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"config": cfg.model_dump(), "history": result.history}, indent=1))
         print(f"train: config and history in {out}", file=sys.stderr)
     return 0
@@ -54,9 +58,11 @@ def cmd_preview(a: argparse.Namespace) -> int:
     from mist_core.data import dataset_config, load_splits
     from mist_core.data.preview import write_preview
     from mist_core.presets import DATA_PRESETS
+    from sweeps.preflight import check_dataset
 
     cfg = dataset_config(a.dataset, {**DATA_PRESETS["smoke"], **parse_overrides(a.dataset_param)})
-    write_preview(load_splits(cfg).train, out, n=a.n)
+    check_dataset(a.dataset, cfg)  # the dataset's part of the checks every entry point shares
+    write_preview(load_splits(cfg).train, out, n=a.n)  # the PNG and its folder, once the data is there
     print(out)
     return 0
 

@@ -1,7 +1,7 @@
 """The one error path of every command line (`mist-bench ...`, `python -m sweeps.run`, `python -m analysis.report`).
 
 An expected failure (a bad config, missing or corrupt data, an output path that cannot be written, a bad tracking
-URI or storage, a bad option value) ends as ONE line on stderr, `mist-bench: error: <message>`, and exit status 2;
+URI or storage, a bad option value, a run whose loss diverged) ends as ONE line on stderr, `mist-bench: error: <message>`, and exit status 2;
 `--debug` re-raises it to show the traceback. Anything else is a bug and keeps its traceback.
 
     return run_command(lambda: do_the_work(args), debug=args.debug)
@@ -35,7 +35,8 @@ LAZY_ERRORS = (("mist_core.data.errors", "DataError"),          # data missing o
 
 def _expected() -> tuple[type[BaseException], ...]:
     lazy = tuple(getattr(sys.modules[m], name) for m, name in LAZY_ERRORS if m in sys.modules)
-    return (ConfigError, TrackingError, CommandError, OSError) + lazy
+    # FloatingPointError: a run whose loss went non-finite (the Trainer names the method, the loss and the step)
+    return (ConfigError, TrackingError, CommandError, OSError, FloatingPointError) + lazy
 
 
 def one_line(message: str) -> str:
@@ -86,18 +87,21 @@ def positive_int(text: str) -> int:
 
 
 def writable_file(path: str | os.PathLike, option: str) -> Path:
-    """`path` ready to be written later: its folder created; a CommandError naming `option` and the path if it
-    cannot be (a regular file in the way, no permission, a folder of that name). Checked before any work starts."""
+    """`path`, once it is known that it can be written (its folder may be missing: the writer creates it); a
+    CommandError naming `option` and the path if not (a regular file in the way, no permission, a folder of that
+    name). Looking only, before any work starts: a refused command leaves no folder behind."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise CommandError(f"{option} {p}: is a folder, not a file")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), p.parent)
-        raise CommandError(f"{option} {p}: cannot create its folder, {blocker} is a file") from None
-    except PermissionError:
-        raise CommandError(f"{option} {p}: no permission to create its folder {p.parent}") from None
-    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    existing = p.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CommandError(f"{option} {p}: cannot create its folder, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing != p.parent:
+            raise CommandError(f"{option} {p}: no permission to create its folder {p.parent}")
+        raise CommandError(f"{option} {p}: not writable")
+    if p.exists() and not os.access(p, os.W_OK):
         raise CommandError(f"{option} {p}: not writable")
     return p

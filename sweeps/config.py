@@ -2,8 +2,9 @@
 
 A sweep config is data (sweeps/configs/*.yaml). Unknown keys and wrong types are refused; then `plan(cfg)`
 resolves every (dataset, method) cell, so an unknown method or dataset, a task a method does not support, a bad
-method/dataset/train parameter (a non-finite number, a batch larger than the training data, an unknown device), an
-impossible budget, a storage folder or MLflow store that cannot be written is ONE ConfigError that names it, raised
+method/dataset/train parameter (sweeps.preflight's checks, which every entry point shares: a non-finite number, a
+learning rate far beyond its preset, a seed, a batch larger than the training data, a device, corrupt source data),
+an impossible budget, a storage folder or MLflow store that cannot be written is ONE ConfigError that names it, raised
 before Ray or MLflow start. `--check` and the real run share it; the real run plans again with
 `import_methods=True` (a `module:Class` method is imported only then) and with its --storage / --tracking-uri.
 
@@ -17,7 +18,6 @@ file's folder (load_sweep); the plan holds them absolute, since trials run in ot
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from mist_core.config import ConfigError, StrictConfig, load_yaml, parse_config
 from mist_core.method import Choice, IntRange, LogUniform, Uniform
 from mist_core.presets import Scale
 from mist_core.train import RunConfig, resolve
-from sweeps.preflight import device_problems, where_problems
+from sweeps.preflight import nonfinite_problems, run_problems, source_problems, where_problems
 
 __all__ = ["Budget", "Search", "Scheduler", "Resources", "Override", "SweepConfig", "Cell", "Plan", "flat_params",
            "load_sweep", "find_config", "plan", "CONFIG_DIR"]
@@ -333,7 +333,8 @@ def plan(sweep: SweepConfig, *, import_methods: bool = False, storage: str | Non
         elif sweep.task == "recon" and metric in CLASSIFY_ONLY:
             errors.append(f"search.metric: {metric!r} needs class predictions (task classify), the task is recon")
     # overrides and train are checked resolved, per cell
-    errors += [e for k, v in sweep.model_dump().items() if k not in ("overrides", "train") for e in _nonfinite(v, k)]
+    errors += [e for k, v in sweep.model_dump().items() if k not in ("overrides", "train")
+               for e in nonfinite_problems(v, k)]
     errors += where_problems(storage or sweep.storage, tracking_uri or sweep.tracking_uri,
                              storage_field="--storage" if storage else "storage",
                              uri_field="--tracking-uri" if tracking_uri else "tracking_uri")
@@ -388,22 +389,15 @@ def _cell(sweep: SweepConfig, dataset: str, method: str, method_cls: type | None
                                              if k.endswith("_dir") and isinstance(v, str)})
     except (ConfigError, KeyError, ValueError, TypeError) as e:
         return None, [f"{at}: " + str(e).replace("\n", "\n    ")]
-    errors = []
+    # the checks every entry point shares (sweeps.preflight), then the sweep's own
     method_values = method_cfg.model_dump() if method_cfg is not None else method_params
-    for data, prefix in ((method_values, f"methods.{method}"), (dataset_cfg.model_dump(), f"datasets.{dataset}"),
-                         (train_cfg.model_dump(), "train")):
-        errors += [f"{at}: {e}" for k, v in data.items() for e in _nonfinite(v, f"{prefix}.{k}")]
+    preset = method_cls.default_config(sweep.scale).model_dump() if method_cls is not None else None
+    errors = [f"{at}: {e}" for e in run_problems(method, method_values, preset, dataset, dataset_cfg.model_dump(),
+                                                 train_cfg.model_dump(), sweep.search.seed, gpu=sweep.resources.gpu)]
     for k, v in dataset_cfg.model_dump().items():
         if k.endswith("_dir") and isinstance(v, str) and not Path(v).is_dir():
             errors.append(f"{at}: dataset {k}={v!r} is not a directory (this dataset needs your copy of the data)")
     t = train_cfg
-    n_train = getattr(dataset_cfg, "n_train", None)
-    # a method with nothing to learn runs one pass with a partial batch; a learner's batches are whole
-    learns = getattr(method_cls, "learns", True) if method_cls is not None else False
-    if learns and isinstance(n_train, int) and t.batch_size > n_train:
-        errors.append(f"{at}: train.batch_size={t.batch_size} > datasets.{dataset}.n_train={n_train}: not one "
-                      "whole training batch")
-    errors += [f"{at}: {e}" for e in device_problems(t.device, sweep.resources.gpu)]
     if t.max_steps < t.eval_every:
         errors.append(f"{at}: budget max_steps={t.max_steps} < train.eval_every={t.eval_every}: a trial would never "
                       "report before its end (no progress, no checkpoint, nothing for the scheduler)")
@@ -421,6 +415,8 @@ def _cell(sweep: SweepConfig, dataset: str, method: str, method_cls: type | None
                 errors.append(f"{at}: {method}.search_space()[{k!r}] is a {type(dom).__name__}, not a search domain")
         for k in method_params:  # a fixed parameter is not searched
             space.pop(k, None)
+    # the source files read where they are local, before Ray: a corrupt one is named here, not in a trial
+    errors = errors or [f"{at}: {e}" for e in source_problems(dataset_cfg)]
     if errors:
         return None, errors
     try:
@@ -433,17 +429,6 @@ def _cell(sweep: SweepConfig, dataset: str, method: str, method_cls: type | None
         return Cell(dataset, method, parse_config(RunConfig, run, where="run"), {}, {}, key, imported=False), []
     resolved = resolve({**run, "method_params": method_cfg.model_dump(mode="json")})
     return Cell(dataset, method, resolved.run, space, {k: getattr(resolved.method_cfg, k) for k in space}, key), []
-
-
-def _nonfinite(value: Any, path: str) -> list[str]:
-    """'path=inf: not a finite number' for every non-finite float in `value` (nested dicts, lists, tuples)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return [f"{path}={value}: not a finite number"]
-    if isinstance(value, dict):
-        return [e for k, v in value.items() for e in _nonfinite(v, f"{path}.{k}")]
-    if isinstance(value, (list, tuple)):
-        return [e for i, v in enumerate(value) for e in _nonfinite(v, f"{path}.{i}")]
-    return []
 
 
 def _message(where: str, errors: list[str]) -> str:

