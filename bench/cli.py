@@ -81,6 +81,7 @@ def _validate(a: argparse.Namespace, s: Settings) -> None:
     from mist_core.data import DATASETS
     from mist_core.method import SCALES
     from mist_core.registry import get_method
+    from sweeps.preflight import device_problems, nonfinite_problems
 
     unknown = [i for i in a.only if i not in ITEMS]
     if unknown:
@@ -98,11 +99,12 @@ def _validate(a: argparse.Namespace, s: Settings) -> None:
             raise ValueError(f"--methods: {e}") from None
     if s.repeats < 1 or s.warmup < 0 or (s.sweep_trials is not None and s.sweep_trials < 1) or s.sweep_seconds <= 0:
         raise ValueError("--repeats and --sweep-trials must be >= 1, --warmup >= 0, --sweep-seconds > 0")
-    if s.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available to torch")
+    if s.threads is not None and s.threads < 1:
+        raise ValueError(f"--threads: must be >= 1, got {s.threads}")
+    # the checks every entry point shares (sweeps.preflight)
+    problems = nonfinite_problems(s.sweep_seconds, "--sweep-seconds") + device_problems(s.device, field="--device")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def _finite(x):
