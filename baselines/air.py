@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from mist_core.config import StrictConfig
 from mist_core.method import LogUniform, Method, SearchSpace
+from mist_core.optim import adam
 from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes, paste_patches, sample_patches
 from mist_core.tasknets import PatchAutoEncoder
@@ -64,10 +65,11 @@ class AIRConfig(StrictConfig):
     grad_clip: float = Field(100.0, gt=0)
 
 
-def bernoulli_kl(q: Tensor, p: float) -> Tensor:
-    """KL(Bernoulli(q) || Bernoulli(p)), elementwise."""
+def bernoulli_kl(q: Tensor, p: Tensor | float) -> Tensor:
+    """KL(Bernoulli(q) || Bernoulli(p)), elementwise; p a float or a tensor broadcasting with q."""
     q = q.clamp(1e-6, 1 - 1e-6)
-    return q * (q.log() - math.log(p)) + (1 - q) * ((1 - q).log() - math.log(1 - p))
+    p = torch.as_tensor(p, dtype=q.dtype, device=q.device)
+    return q * (q.log() - p.log()) + (1 - q) * ((1 - q).log() - (1 - p).log())
 
 
 def gaussian_kl(mu: Tensor, std: Tensor, mu0: Tensor | float, std0: Tensor | float) -> Tensor:
@@ -116,6 +118,7 @@ class AIR(Method):
     name = "air"
     Config = AIRConfig
     tasks = ("recon",)
+    cuda_graph = True
 
     @classmethod
     def default_config(cls, scale: str) -> AIRConfig:
@@ -132,22 +135,23 @@ class AIR(Method):
     def __init__(self, cfg: AIRConfig | dict, spec: DataSpec, task: Task, device="cpu"):
         super().__init__(cfg, spec, task, device)
         self.net = AIRNet(spec, self.cfg).to(self.device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr)
-        self.steps = 0
+        self.opt = adam(self.net.parameters(), self.cfg.lr, self.device)
+        # training steps taken, a device tensor: the prior's annealing reads it inside the step (a CUDA graph replays
+        # what it captured, so a Python counter would freeze the prior at its captured value)
+        self.steps = torch.zeros((), device=self.device)
 
-    def current_pres_prior(self) -> float:
-        """The annealed z_pres prior probability at the current training step."""
+    def current_pres_prior(self) -> Tensor:
+        """The annealed z_pres prior probability at the current training step (0-d tensor)."""
         c = self.cfg
         logit = lambda p: math.log(p / (1 - p))                                     # noqa: E731
-        t = min(1.0, self.steps / c.pres_anneal_steps) if c.pres_anneal_steps else 1.0
-        lo = logit(c.pres_prior_start) + t * (logit(c.pres_prior) - logit(c.pres_prior_start))
-        return 1 / (1 + math.exp(-lo))
+        t = (self.steps / c.pres_anneal_steps).clamp(max=1.0) if c.pres_anneal_steps else torch.ones_like(self.steps)
+        return torch.sigmoid(logit(c.pres_prior_start) + t * (logit(c.pres_prior) - logit(c.pres_prior_start)))
 
     def extra_state(self) -> dict:
-        return {"steps": self.steps}
+        return {"steps": self.steps.clone()}
 
     def load_extra_state(self, state: dict) -> None:
-        self.steps = int(state.get("steps", 0))
+        self.steps.fill_(float(state.get("steps", 0)))
 
     def where_to_kp(self, z_where: Tensor) -> Tensor:
         """z_where (..., 3) = (scale, shift_x, shift_y) -> keypoints (..., 3) = (cx, cy, side) in pixels."""
@@ -194,7 +198,8 @@ class AIR(Method):
         res = {k: torch.stack(v, 1) for k, v in out.items()}                          # (B, T, ...) each
         res["glimpses"] = net.decode(res["z_what"].flatten(0, 1)).reshape(B, c.max_steps, *images.shape[1:2],
                                                                        c.patch_res, c.patch_res)
-        canvas = paste_patches(res["glimpses"] * res["pres"][..., None, None, None], res["kp"], H, W)
+        canvas = paste_patches(res["glimpses"] * res["pres"][..., None, None, None], res["kp"], H, W,
+                               max_size=c.size_max)                                  # where_to_kp's bound
         res["recon"] = canvas.clamp(0, 1)                                             # (B, C, H, W)
         return res
 
@@ -210,7 +215,7 @@ class AIR(Method):
         kl_z = (r["pres"] * (r["kl_where"] + r["kl_what"])).sum(1)                                               # (B,)
         return nll + kl_pres + kl_z, {"nll": nll, "kl_pres": kl_pres, "kl_z": kl_z}
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
         images = batch.images
         r = self.infer(images, sample=True)
         loss, parts = self.neg_elbo(images, r)
@@ -219,11 +224,11 @@ class AIR(Method):
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
         prior = self.current_pres_prior()
-        self.steps += 1
+        self.steps.add_(1)
         n_pix = images[0].numel()
         with torch.no_grad():
-            return {"loss": float(loss.mean()) / n_pix, "mse": float(((r["recon"] - images) ** 2).mean()),
-                    **{k: float(v.mean()) for k, v in parts.items()}, "count": float(r["pres"].sum(1).mean()),
+            return {"loss": loss.detach().mean() / n_pix, "mse": ((r["recon"] - images) ** 2).mean(),
+                    **{k: v.detach().mean() for k, v in parts.items()}, "count": r["pres"].detach().sum(1).mean(),
                     "pres_prior": prior}
 
     @torch.no_grad()

@@ -24,6 +24,7 @@ from torch import Tensor
 from mist_core.config import StrictConfig
 from mist_core.heatmap import ConvTrunk
 from mist_core.method import LogUniform, Method, SearchSpace
+from mist_core.optim import adam
 from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes, sample_patches
 from mist_core.task import TaskHead, TaskOutput
@@ -62,6 +63,7 @@ class Channelwise(Method):
     name = "channelwise"
     Config = ChannelwiseConfig
     tasks = ("recon", "classify")
+    cuda_graph = True
 
     @classmethod
     def default_config(cls, scale: str) -> ChannelwiseConfig:
@@ -79,8 +81,8 @@ class Channelwise(Method):
         c = self.cfg
         self.heat = ConvTrunk(spec.channels, c.heat_width, c.heat_blocks, c.k).to(self.device)  # K logit maps
         self.head = TaskHead(task, spec.channels, c.patch_res, c.task_width, c.task_levels, c.task_blocks,
-                             spec.n_classes).to(self.device)
-        self.opt = torch.optim.Adam([*self.heat.parameters(), *self.head.parameters()], lr=c.lr)
+                             spec.n_classes, max_size=c.size).to(self.device)
+        self.opt = adam([*self.heat.parameters(), *self.head.parameters()], c.lr, self.device)
 
     def forward(self, batch: Batch) -> tuple[TaskOutput, Tensor, Tensor, Tensor, Tensor]:
         """-> task output, keypoints (B, K, 3), scores (B, K), maps (B, K, H, W), patches (B, K, C, p, p)."""
@@ -91,13 +93,13 @@ class Channelwise(Method):
         valid = rank_mask(scores.detach(), batch.counts) if self.task == "classify" else None
         return self.head(patches, kp, batch, valid=valid), kp, scores, prob, patches
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
         out, kp, scores, _, _ = self.forward(batch)
         loss = out.loss.mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"task": float(loss.detach()), "peak": float(scores.detach().mean())}
+        return {"task": loss.detach(), "peak": scores.detach().mean()}
 
     @torch.no_grad()
     def predict(self, images: Tensor, counts: Tensor | None = None) -> Prediction:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from mist_core.config import StrictConfig
 from mist_core.method import LogUniform, Method, SearchSpace
+from mist_core.optim import adam
 from mist_core.presets import network_preset
 from mist_core.sampler import sample_patches
 from mist_core.task import TaskHead, TaskOutput
@@ -62,6 +63,7 @@ class Grid(Method):
     name = "grid"
     Config = GridConfig
     tasks = ("recon", "classify")
+    cuda_graph = True
 
     @classmethod
     def default_config(cls, scale: str) -> GridConfig:
@@ -79,8 +81,8 @@ class Grid(Method):
         kp, boxes = grid_layout(c.g, spec.height, spec.width)
         self.cell_kp, self.cell_boxes = kp.to(self.device), boxes.to(self.device)            # (K, 3), (K, 4)
         self.head = TaskHead(task, spec.channels, c.patch_res, c.task_width, c.task_levels, c.task_blocks,
-                             spec.n_classes).to(self.device)
-        self.opt_task = torch.optim.Adam(self.head.parameters(), lr=c.lr_task)
+                             spec.n_classes, max_size=float(kp[0, 2])).to(self.device)      # every cell's side
+        self.opt_task = adam(self.head.parameters(), c.lr_task, self.device)
 
     def forward(self, batch: Batch) -> tuple[TaskOutput, Tensor, Tensor]:
         """-> task output, cell patches (B, K, C, p, p), scores (B, K)."""
@@ -94,13 +96,13 @@ class Grid(Method):
         out = self.head(patches, kp, batch)
         return out, patches, out.patches_out.detach().flatten(2).mean(2)                     # (B, K) decoded ink
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
         out, _, _ = self.forward(batch)
         loss = out.loss.mean()
         self.opt_task.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_task.step()
-        return {"task": float(loss.detach())}
+        return {"task": loss.detach()}
 
     @torch.no_grad()
     def predict(self, images: Tensor, counts: Tensor | None = None) -> Prediction:

@@ -68,10 +68,10 @@ class KMeansFloor(Method):
     def default_config(cls, scale: str) -> KMeansConfig:
         return KMeansConfig()
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
         # nothing to learn: the loss is the reconstruction error of the prediction, constant over steps
         pred = self.predict(batch.images, batch.counts)
-        return {"loss": float(((pred.recon - batch.images) ** 2).mean())}
+        return {"loss": ((pred.recon - batch.images) ** 2).mean()}
 
     @torch.no_grad()
     def predict(self, images: Tensor, counts: Tensor | None = None) -> Prediction:

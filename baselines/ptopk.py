@@ -166,7 +166,7 @@ class PerturbedTopK(MIST):
         return torch.bmm(ebar, attrs), ebar, attrs                                      # (B, K, 3)
 
     # --- training --------------------------------------------------------------------------------
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
         H, W = batch.images.shape[-2:]
         h_scales, h = self.heat(batch.images)                                           # (B, S, H, W), (B, H, W)
         kp, ebar, attrs = self.perturbed_keypoints(h_scales, h)                         # (B, K, 3), (B, K, HW)
@@ -183,5 +183,5 @@ class PerturbedTopK(MIST):
             pos = attrs[..., :2]                                                        # (B, HW, 2)
             second = torch.bmm(ebar, (pos ** 2).sum(-1, keepdim=True))[..., 0]          # (B, K) E|x|^2
             var = (second - (torch.bmm(ebar, pos) ** 2).sum(-1)).clamp_min(0)           # (B, K) E|x - E x|^2
-        return {"task": float(loss.detach()), "slot_spread": float(var.sqrt().mean())}
+        return {"task": loss.detach(), "slot_spread": var.sqrt().mean()}
 

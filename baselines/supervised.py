@@ -73,10 +73,10 @@ class Supervised(MIST):
         self.opt_task.step()
         return loss.detach()
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
         c = self.cfg
         h_scales, _ = self.heat(batch.images)                                         # (B, S, H, W)
         kp, valid = gt_keypoints(batch.boxes, batch.counts, c.sizes[0], c.sizes[-1])  # (B, L, 3), (B, L)
         task_loss = self.stage_task(batch, kp)
         heat_loss = self.stage_heatmap(h_scales, kp, torch.zeros_like(task_loss), valid)  # unit weights
-        return {"task": float(task_loss.mean()), "heat": float(heat_loss)}
+        return {"task": task_loss.mean(), "heat": heat_loss}

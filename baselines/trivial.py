@@ -30,13 +30,13 @@ class Trivial(Method):
         self.mean = torch.zeros(spec.channels, spec.height, spec.width, device=self.device)  # (C, H, W)
         self.n_seen = 0
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
         # running mean over every training image seen
         B = len(batch)
         self.mean += (batch.images.sum(0) - B * self.mean) / (self.n_seen + B)
         self.n_seen += B
         loss = ((batch.images - self.mean) ** 2).mean()
-        return {"loss": float(loss)}
+        return {"loss": loss.detach()}
 
     def predict(self, images: Tensor, counts: Tensor | None = None) -> Prediction:
         B = images.shape[0]

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from mist_core.config import StrictConfig
 from mist_core.heatmap import ResBlock
 from mist_core.method import LogUniform, Method, SearchSpace
+from mist_core.optim import adam
 from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes
 from mist_core.tasknets import CHANNELS_LAST
@@ -167,6 +168,7 @@ class Zhang(Method):
     name = "zhang"
     Config = ZhangConfig
     tasks = ("recon",)
+    cuda_graph = True
 
     @classmethod
     def default_config(cls, scale: str) -> ZhangConfig:
@@ -181,7 +183,8 @@ class Zhang(Method):
     def __init__(self, cfg: ZhangConfig | dict, spec: DataSpec, task: Task, device="cpu"):
         super().__init__(cfg, spec, task, device)
         self.net = ZhangNet(spec, self.cfg).to(self.device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr)
+        self.opt = adam(self.net.parameters(), self.cfg.lr, self.device)
+        self.off_diagonal = ~torch.eye(self.cfg.k, dtype=torch.bool, device=self.device)   # (K, K) landmark pairs
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> recon (B, C, H, W), landmarks (B, K, 2) in [-1, 1], variances (B, K, 2), masks (B, K+1, H, W)."""
@@ -190,14 +193,15 @@ class Zhang(Method):
         mu, var = landmarks(masks[:, :-1])
         return self.net.decode(mu, masks[:, :-1], feats, self.cfg.sigma, H, W), mu, var, masks
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
         c, images = self.cfg, batch.images
         recon, mu, var, _ = self.forward(images)
         rec = ((recon - images) ** 2).mean()
         conc = var.sum(-1).mean()
         dist2 = ((mu[:, :, None] - mu[:, None]) ** 2).sum(-1)                      # (B, K, K)
-        off = ~torch.eye(c.k, dtype=torch.bool, device=images.device)
-        sep = torch.exp(-dist2 / (2 * c.sep_sigma**2))[:, off].mean() if c.k > 1 else rec.new_zeros(())
+        # mean over the off-diagonal pairs by a mask product: boolean indexing has a data-dependent shape (a host read)
+        pairs = torch.exp(-dist2 / (2 * c.sep_sigma**2)) * self.off_diagonal         # (B, K, K)
+        sep = pairs.sum() / (len(batch) * c.k * (c.k - 1)) if c.k > 1 else rec.new_zeros(())
         theta = random_affine(len(batch), c, images.device)                         # (B, 2, 3)
         masks_w, _ = self.net.detect(warp(images, theta))
         eqv = equivariance_loss(mu, landmarks(masks_w[:, :-1])[0], theta).mean()
@@ -206,7 +210,7 @@ class Zhang(Method):
         loss.backward()
         self.opt.step()
         parts = {"loss": loss, "recon": rec, "conc": conc, "sep": sep, "eqv": eqv}
-        return {k: float(v.detach()) for k, v in parts.items()}
+        return {k: v.detach() for k, v in parts.items()}
 
     @torch.no_grad()
     def predict(self, images: Tensor, counts: Tensor | None = None) -> Prediction:

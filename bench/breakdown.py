@@ -129,12 +129,6 @@ def _shares(ms: dict[str, float]) -> dict[str, float]:
     return {g: v / total for g, v in ms.items()}
 
 
-def _zero_grads(*modules: torch.nn.Module) -> None:
-    for m in modules:
-        for p in m.parameters():
-            p.grad = None
-
-
 def isolated(w: Workload, s: Settings) -> dict[str, dict[str, float | None]]:
     """Median forward and forward+backward ms of each component alone, on the shapes of one step."""
     m, c, dev = w.method, w.method.cfg, w.method.device
@@ -150,7 +144,7 @@ def isolated(w: Workload, s: Settings) -> dict[str, dict[str, float | None]]:
     valid = m.valid_mask(w.batch)                                      # (B, K)
 
     def heat_fb():
-        _zero_grads(m.heat)
+        m.opt_heat.zero_grad()      # the optimiser's own: its gradients are views of one flat buffer
         m.heat(images)[0].sum().backward()
 
     def s_fb():
@@ -158,12 +152,12 @@ def isolated(w: Workload, s: Settings) -> dict[str, dict[str, float | None]]:
         sample_patches(images, x, c.patch_res).sum().backward()
 
     def task_fb():
-        _zero_grads(m.head)
+        m.opt_task.zero_grad()
         m.head.net(flat.clone().requires_grad_(True)).sum().backward()
 
     def s_inv_fb():
         d, x = dec.clone().requires_grad_(True), kp.clone().requires_grad_(True)
-        paste_patches(d, x, H, W).sum().backward()
+        paste_patches(d, x, H, W, max_size=m.head.max_size).sum().backward()
 
     def no_grad(fn: Callable[[], object]) -> Callable[[], None]:
         def call() -> None:
@@ -181,7 +175,7 @@ def isolated(w: Workload, s: Settings) -> dict[str, dict[str, float | None]]:
         "E_K": (no_grad(lambda: extract_topk(h_scales, h, m.sizes, c.k, c.nms_window)), None),
         "S": (no_grad(lambda: sample_patches(images, kp, c.patch_res)), s_fb),
         "task_net": (no_grad(lambda: m.head.net(flat)), task_fb),
-        "S_inv": (no_grad(lambda: paste_patches(dec, kp, H, W)), s_inv_fb),
+        "S_inv": (no_grad(lambda: paste_patches(dec, kp, H, W, max_size=m.head.max_size)), s_inv_fb),
         "G": (no_grad(lambda: render_heatmap(kp, m.sizes, H, W, valid)), None),
         "optimisers": (None, optimisers),
     }

@@ -2,7 +2,7 @@
 
     python -m bench.table bench/results/<name>.json
 
-`render(results) -> str`: one section per item present (steps, authors, breakdown, flops, sweep, data), each a
+`render(results) -> str`: one section per item present (steps, host, authors, breakdown, flops, sweep, data), each a
 GitHub-flavoured table (tabulate), under a line saying what machine the numbers come from.
 """
 from __future__ import annotations
@@ -125,7 +125,21 @@ def data_md(r: dict) -> str:
     return "### Data generation\n\n" + _table(rows, ["dataset", "images", "images/s"])
 
 
-SECTIONS = {"steps": steps_md, "authors": authors_md, "breakdown": breakdown_md, "flops": flops_md, "sweep": sweep_md, "data": data_md}
+def host_md(r: dict) -> str:
+    rows = []
+    for x in r["rows"]:
+        if "error" in x:
+            rows.append([x["method"], x["task"], x["scale"], x.get("mode", "-"), f"error: {x['error']}"] + [""] * 6)
+            continue
+        rows.append([x["method"], x["task"], x["scale"], x["mode"], _n(x["aten_ops"]), _n(x["host_reads"]),
+                     _n(x.get("launches")), _n(x.get("sync_calls")), _pct(x.get("kernel_share")), _n(x["step_ms"]),
+                     _n(x["images_per_s"])])
+    return (f"### Host work per training step ({r['dataset']}, {r['device']}, {r['profile_steps']} profiled steps)\n\n"
+            + _table(rows, ["method", "task", "scale", "mode", "aten ops", "host reads", "launches", "sync calls",
+                            "kernel share", "ms/step", "images/s"]))
+
+
+SECTIONS = {"steps": steps_md, "host": host_md, "authors": authors_md, "breakdown": breakdown_md, "flops": flops_md, "sweep": sweep_md, "data": data_md}
 
 
 def render(results: dict) -> str:

@@ -2,7 +2,9 @@
 
 resolve(RunConfig) applies the scale's presets (method config via `Method.make_config(scale, overrides)`, data and
 training presets); the data are `n_train = batch size` images of the dataset generated in memory (no cache);
-the method gets the DataSpec of that split, `fit_setup` on it, and the batch (B, C, H, W) on its device.
+the method gets the DataSpec of that split, `fit_setup` on it, and the batch (B, C, H, W) on its device. Steps go
+through mist_core.graphs.StepRunner as the Trainer's do (on CUDA: a captured graph where the method allows it, unless
+`graphs=False`).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mist_core.data import Splits, load_splits
+from mist_core.graphs import StepRunner
 from mist_core.method import Method
 from mist_core.presets import train_config
 from mist_core.registry import get_method, method_names
@@ -25,13 +28,14 @@ class Workload:
     method: Method
     batch: Batch          # images (B, C, H, W) on the method's device
     resolved: Resolved
+    runner: StepRunner
 
     @property
     def batch_size(self) -> int:
         return len(self.batch)
 
-    def step(self) -> dict[str, float]:
-        return self.method.train_step(self.batch)
+    def step(self) -> dict[str, torch.Tensor]:
+        return self.runner(self.batch)
 
 
 def method_tasks(methods: tuple[str, ...] = ()) -> list[tuple[str, str]]:
@@ -52,13 +56,15 @@ def load_case(method: str, task: str, scale: str, device: str = "cpu", dataset: 
     return r, load_splits(r.dataset_cfg, use_cache=False)
 
 
-def build(r: Resolved, splits: Splits) -> Workload:
-    """The method on its device, after fit_setup, with the whole training split as its batch."""
+def build(r: Resolved, splits: Splits, graphs: bool | None = None) -> Workload:
+    """The method on its device, after fit_setup, with the whole training split as its batch; steps captured in a
+    CUDA graph as train.cuda_graphs says, or as `graphs` says when given."""
     torch.manual_seed(r.run.seed)
     m = r.method_cls(r.method_cfg, splits.train.spec, r.run.task, r.train_cfg.device)
     m.fit_setup(splits.train.batch(slice(0, min(len(splits.train), 256))).images.to(m.device))
     m.train()
-    return Workload(m, splits.train.batch(slice(0, r.train_cfg.batch_size)).to(m.device), r)
+    runner = StepRunner(m, r.train_cfg.cuda_graphs if graphs is None else graphs)
+    return Workload(m, splits.train.batch(slice(0, r.train_cfg.batch_size)).to(m.device), r, runner)
 
 
 def make_workload(method: str, task: str, scale: str, device: str = "cpu", dataset: str = "mnist_hard",

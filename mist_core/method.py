@@ -8,13 +8,19 @@ names the class and the field):
   Config   a mist_core.config.StrictConfig subclass: every hyper-parameter, typed, unknown keys refused
   tasks    non-empty tuple of 'recon' / 'classify': the tasks it supports (no default)
 and may set:
-  learns   bool, default True. False for a method with nothing to learn (a mean image, a fixed clustering): the
-           trainer then runs one pass over the training data (or max_steps if fewer), not the whole step budget
+  learns      bool, default True. False for a method with nothing to learn (a mean image, a fixed clustering):
+              the trainer then runs one pass over the training data (or max_steps if fewer), not the whole budget
+  cuda_graph  bool, default False. True: on CUDA the trainer captures train_step once in a CUDA graph and replays
+              it (mist_core.graphs). Only for a step with no host read, fixed shapes and no Python state that
+              changes from step to step (keep such state in device tensors): a graph replays what it captured
 and implements:
   default_config(scale)                  its Config at each scale ('smoke', 'quick', 'paper')
-  train_step(batch) -> {name: float}     one optimisation step. The FIRST key is the primary objective: the loss
-                                         that must fall over repeated steps on one fixed batch (a method without
-                                         parameters: must not rise); the contract tests check it
+  train_step(batch) -> {name: Tensor}    one optimisation step; each loss a detached 0-d tensor (a Python float is
+                                         accepted), read by the trainer only when it logs. The FIRST key is the
+                                         primary objective: the loss that must fall over repeated steps on one fixed
+                                         batch (a method without parameters: must not rise); the contract tests
+                                         check it. No host read inside a learning method's step (`.item()`,
+                                         `float(t)`, `bool(t)`, data-dependent shapes): tests/test_host_sync.py
   predict(images, counts) -> Prediction  fixed fields with documented shapes (mist_core.types.Prediction):
                                          `recon` for the recon task, `class_probs` for classify
 optionally search_space() (the sweeper's domains), fit_setup(images), extra_state() / load_extra_state().
@@ -32,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from mist_core.config import StrictConfig, parse_config
+from mist_core.optim import load_optimizer_state
 from mist_core.types import Batch, DataSpec, Prediction, Task
 
 __all__ = ["Method", "LogUniform", "Uniform", "IntRange", "Choice", "SearchSpace", "SCALES", "TASKS"]
@@ -82,6 +89,8 @@ class Method(abc.ABC):
     tasks: ClassVar[tuple[Task, ...]]
     # False: more steps cannot change the method, so one pass over the training data is its whole budget
     learns: ClassVar[bool] = True
+    # True: train_step may be captured in a CUDA graph and replayed (see the module docstring)
+    cuda_graph: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -108,9 +117,11 @@ class Method(abc.ABC):
         elif not (isinstance(tasks, tuple) and tasks and all(t in TASKS for t in tasks)
                   and len(set(tasks)) == len(tasks)):
             problems.append(f"`tasks` must be a non-empty tuple of distinct tasks from {TASKS}, got {tasks!r}")
-        learns = getattr(cls, "learns", None)
-        if not isinstance(learns, bool):
-            problems.append(f"`learns` must be a bool (True unless the method has nothing to learn), got {learns!r}")
+        for flag, meaning in (("learns", "True unless the method has nothing to learn"),
+                              ("cuda_graph", "True only for a step a CUDA graph can replay")):
+            value = getattr(cls, flag, None)
+            if not isinstance(value, bool):
+                problems.append(f"`{flag}` must be a bool ({meaning}), got {value!r}")
         if problems:
             raise TypeError(f"method class {where}: " + "; ".join(problems))
 
@@ -143,8 +154,8 @@ class Method(abc.ABC):
         """Called once before training with a sample of training images (B, C, H, W). Optional."""
 
     @abc.abstractmethod
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimisation step on `batch` (already on self.device); returns named scalar losses."""
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
+        """One optimisation step on `batch` (already on self.device); returns named 0-d loss tensors (detached)."""
 
     @abc.abstractmethod
     def predict(self, images: Tensor, counts: Tensor | None = None) -> Prediction:
@@ -179,7 +190,7 @@ class Method(abc.ABC):
         for k, m in self.modules().items():
             m.load_state_dict(state["modules"][k])
         for k, o in self.optimizers().items():
-            o.load_state_dict(state["optimizers"][k])
+            load_optimizer_state(o, state["optimizers"][k])
         self.load_extra_state(state.get("extra", {}))
 
     def extra_state(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from mist_core.config import StrictConfig
 from mist_core.heatmap import HeatmapNet
 from mist_core.keypoints import extract_topk, gaussian_blur, render_heatmap
 from mist_core.method import LogUniform, Method, SearchSpace, Uniform
+from mist_core.optim import adam
 from mist_core.presets import network_preset
 from mist_core.sampler import keypoint_boxes, sample_patches
 from mist_core.task import TaskHead, TaskOutput, instance_mask
@@ -65,6 +66,7 @@ class MIST(Method):
     name = "mist"
     Config = MISTConfig
     tasks = ("recon", "classify")
+    cuda_graph = True
 
     @classmethod
     def default_config(cls, scale: str) -> MISTConfig:
@@ -83,9 +85,9 @@ class MIST(Method):
         self.heat = HeatmapNet(spec.channels, c.heat_width, c.heat_blocks, c.sizes, c.softmax_window,
                                c.softmax_strength).to(self.device)
         self.head = TaskHead(task, spec.channels, c.patch_res, c.task_width, c.task_levels, c.task_blocks,
-                             spec.n_classes).to(self.device)
-        self.opt_task = torch.optim.Adam(self.head.parameters(), lr=c.lr_task)
-        self.opt_heat = torch.optim.Adam(self.heat.parameters(), lr=c.lr_heat)
+                             spec.n_classes, max_size=c.sizes[-1]).to(self.device)     # keep_inside bounds sizes
+        self.opt_task = adam(self.head.parameters(), c.lr_task, self.device)
+        self.opt_heat = adam(self.heat.parameters(), c.lr_heat, self.device)
         self.sizes = torch.tensor(c.sizes, dtype=torch.float32, device=self.device)  # (S,)
 
     # --- the pieces ------------------------------------------------------------------------------
@@ -186,14 +188,13 @@ class MIST(Method):
         self.opt_heat.step()
         return loss.detach()
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
         h_scales, _, kp0, _ = self.detect(batch.images)
         task_loss = self.stage_task(batch, kp0)
         x, kp_loss = self.stage_keypoints(batch, kp0)
         heat_loss = self.stage_heatmap(h_scales, x, kp_loss, self.valid_mask(batch))
         moved = (x[..., :2] - kp0[..., :2]).norm(dim=-1).mean()
-        return {"task": float(task_loss.mean()), "task_after_kp": float(kp_loss.mean()),
-                "heat": float(heat_loss), "kp_move": float(moved)}
+        return {"task": task_loss.mean(), "task_after_kp": kp_loss.mean(), "heat": heat_loss, "kp_move": moved}
 
     # --- prediction ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -27,6 +27,7 @@ class TrainConfig(StrictConfig):
     final_eval_images: int | None = Field(None, ge=1)  # test images of the final evaluation (None = all)
     threads: int | None = Field(None, ge=1)        # torch intra-op threads (None = all usable cores)
     device: str = "cpu"
+    cuda_graphs: bool = True                       # on CUDA, capture the step in a CUDA graph where the method allows
     lr_decay: Literal["none", "cosine"] = "none"   # every optimiser's lr follows this over max_steps
     lr_final: float = Field(0.05, ge=0, le=1)      # cosine: the lr at max_steps, as a fraction of the initial lr
 

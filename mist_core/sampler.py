@@ -42,12 +42,15 @@ def sample_patches(images: Tensor, kp: Tensor, p: int) -> Tensor:
 
 
 @profile_range("mist.S_inv")
-def paste_patches(patches: Tensor, kp: Tensor, height: int, width: int, reduce: bool = True) -> Tensor:
+def paste_patches(patches: Tensor, kp: Tensor, height: int, width: int, *, max_size: float,
+                  reduce: bool = True) -> Tensor:
     """S^-1 of eq. 8: place each patch (B, K, C, p, p) at its keypoint (B, K, 3) on a zero canvas and sum over K.
 
     Returns (B, C, H, W), or (B, K, C, H, W) per-patch canvases when reduce=False. Each patch is resampled only on
     the n x n pixels it can reach and scatter-added into the canvas: the same values as resampling the whole
-    canvas per patch, at about (n / H)^2 of the cost (quick: 24 x 24 of 80 x 80).
+    canvas per patch, at about (n / H)^2 of the cost (quick: 24 x 24 of 80 x 80). n comes from `max_size`, the
+    largest side (pixels) any keypoint may have, known from the method's config: reading it from `kp` would be a
+    host read in every step. A patch larger than max_size loses what falls outside its window.
     """
     B, K, C, p, _ = patches.shape
     dt, dev = patches.dtype, patches.device
@@ -56,7 +59,7 @@ def paste_patches(patches: Tensor, kp: Tensor, height: int, width: int, reduce: 
     with torch.no_grad():
         # bilinear with zero padding reaches half a patch pixel (s / 2p) past each side: a pixel (centre j + 0.5)
         # gets a value only if x0 - s/2p < j + 0.5 < x0 + s + s/2p, at most n pixels per axis
-        n = int(math.ceil(float(s.max()) * (1 + 1 / p))) + 2
+        n = int(math.ceil(max_size * (1 + 1 / p))) + 2
         reach = s / (2 * p)
         ox = (torch.floor(x0 - reach - 0.5) + 1).clamp(-n, width).long()           # (B, K, 1) window origin
         oy = (torch.floor(y0 - reach - 0.5) + 1).clamp(-n, height).long()

@@ -35,9 +35,11 @@ class TaskOutput:
 
 
 class TaskHead(nn.Module):
-    def __init__(self, task: Task, channels: int, p: int, width: int, levels: int, blocks: int, n_classes: int = 10):
+    def __init__(self, task: Task, channels: int, p: int, width: int, levels: int, blocks: int, n_classes: int = 10,
+                 *, max_size: float):
+        """max_size: the largest patch side (pixels) the method's keypoints can have (S^-1's window, recon)."""
         super().__init__()
-        self.task = task
+        self.task, self.max_size = task, float(max_size)
         if task == "recon":
             self.net = PatchAutoEncoder(channels, p, width, levels, blocks)
         else:
@@ -54,7 +56,7 @@ class TaskHead(nn.Module):
         if self.task == "recon":
             dec = out.reshape(B, K, C, p, p)                                           # (B, K, C, p, p)
             H, W = batch.images.shape[-2:]
-            recon = paste_patches(dec, kp, H, W)                                    # (B, C, H, W)
+            recon = paste_patches(dec, kp, H, W, max_size=self.max_size)           # (B, C, H, W)
             loss = ((recon - batch.images) ** 2).flatten(1).mean(1)                 # (B,)
             return TaskOutput(loss, dec, recon, None)
         probs = F.softmax(out.view(B, K, -1), dim=-1)                               # (B, K, NC)
@@ -63,8 +65,9 @@ class TaskHead(nn.Module):
 
     @staticmethod
     def _true_hist(batch: Batch, n_classes: int, dtype) -> Tensor:
-        lab = batch.labels.clamp_min(0)
-        onehot = F.one_hot(lab, n_classes).to(dtype) * (batch.labels >= 0)[..., None]     # (B, L, NC)
+        # a comparison, not F.one_hot: one_hot checks the labels' range by reading them to the host
+        classes = torch.arange(n_classes, device=batch.labels.device)                     # (NC,)
+        onehot = (batch.labels[..., None] == classes).to(dtype)                           # (B, L, NC); -1 pads: 0
         return onehot.sum(1) / batch.counts.clamp_min(1)[:, None].to(dtype)              # (B, NC)
 
     def _hist_loss(self, probs: Tensor, valid: Tensor, batch: Batch) -> Tensor:

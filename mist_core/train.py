@@ -4,7 +4,9 @@
     result = Trainer(cfg).run(callback=print)
 
 The budget is `max_steps`; a method with nothing to learn (`Method.learns = False`) runs one pass over the
-training data instead when that is fewer steps. The callback receives a report (a flat dict of floats: step, the
+training data instead when that is fewer steps. Steps run through mist_core.graphs.StepRunner (on CUDA a captured
+graph where the method allows it); their losses stay on the device, summed there, and are read to the host only
+for a report or a progress line, so a step never waits for the host. The callback receives a report (a flat dict of floats: step, the
 steps run so far; seconds, core_seconds, mean training losses since the previous report, test metrics) at every
 `eval_every` steps and at the end; it may return True to stop. A sweeper hooks in there (and saves
 `trainer.state_dict()` as a checkpoint: the method, the step, the RNGs and the data position, so a resumed run
@@ -25,8 +27,11 @@ from mist_core import metrics
 from mist_core._runtime import configure_torch
 from mist_core.config import ConfigError, StrictConfig, parse_config
 from mist_core.data import dataset_config, load_splits
+from mist_core.batches import DeviceSplit
 from mist_core.data.container import MultiInstanceData, Splits
+from mist_core.graphs import StepRunner
 from mist_core.method import Method
+from mist_core.optim import get_lrs, set_lrs
 from mist_core.presets import DATA_PRESETS, Scale, TrainConfig, train_config
 from mist_core.registry import get_method
 from mist_core.types import Prediction
@@ -134,13 +139,15 @@ class Trainer:
         self.rng = np.random.default_rng(self.cfg.seed)
         self.splits = splits if splits is not None else load_splits(r.dataset_cfg, cache_dir=self.cfg.cache_dir)
         self.method = r.method_cls(r.method_cfg, self.splits.train.spec, self.cfg.task, self.tcfg.device)
+        self.runner = StepRunner(self.method, self.tcfg.cuda_graphs, log=log.info)
+        self.train_data = DeviceSplit(self.splits.train, self.method.device)
         self.step = 0
         self.train_seconds = 0.0
         self.core_seconds = 0.0
         n_setup = min(len(self.splits.train), 256)
         self.method.fit_setup(self.splits.train.batch(slice(0, n_setup)).images.to(self.method.device))
         # initial lrs, before any checkpoint is loaded: the schedule is a function of the step alone
-        self._base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.method.optimizers().items()}
+        self._base_lrs = {name: get_lrs(opt) for name, opt in self.method.optimizers().items()}
         # the data position, part of a checkpoint so that a resumed run sees the batches an unbroken one would
         self.epoch = 0                                      # passes over the training split begun
         self._order = np.zeros(0, dtype=np.int64)           # (n_train,) this pass's permutation; empty before the first
@@ -155,6 +162,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
+        self.runner.reset()  # new optimiser state tensors: a captured graph would update the old ones
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.core_seconds = float(state["core_seconds"])
         torch.set_rng_state(state["torch_rng"])
@@ -188,7 +196,7 @@ class Trainer:
             self.epoch += 1
         idx = np.sort(self._order[self._pos:min(self._pos + bs, end)])                     # (<= bs,)
         self._pos += bs
-        return self.splits.train.batch(idx).to(self.method.device)
+        return self.train_data.batch(idx)
 
     def lr_factor(self) -> float:
         """The schedule's multiplier of every optimiser's initial lr at the current step."""
@@ -201,8 +209,7 @@ class Trainer:
     def _apply_lr(self) -> None:
         f = self.lr_factor()
         for name, opt in self.method.optimizers().items():
-            for g, base in zip(opt.param_groups, self._base_lrs[name]):
-                g["lr"] = base * f
+            set_lrs(opt, [base * f for base in self._base_lrs[name]])
 
     def budget_left(self) -> bool:
         t = self.tcfg
@@ -219,7 +226,7 @@ class Trainer:
         training loss) at least every HEARTBEAT_S seconds goes to `heartbeat` (default: the log, with `progress`)."""
         beat = heartbeat or (log.info if progress else None)
         history: list[dict[str, float]] = []
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}   # training losses summed on the device since the last report
         n_since = 0
         stop = False
         last_line, last_step = time.perf_counter(), self.step
@@ -228,19 +235,16 @@ class Trainer:
             t0, c0 = time.perf_counter(), time.process_time()
             if self.tcfg.lr_decay != "none":
                 self._apply_lr()
-            losses = self.method.train_step(batch)
+            for k, v in self.runner(batch).items():
+                sums[k] = sums[k] + v if k in sums else torch.as_tensor(v, device=self.method.device).clone()
             self.train_seconds += time.perf_counter() - t0
             self.core_seconds += time.process_time() - c0
             self.step += 1
-            for k, v in losses.items():
-                if not math.isfinite(v):
-                    raise FloatingPointError(f"{self.cfg.method}: loss {k} is {v} at step {self.step}")
-                sums[k] = sums.get(k, 0.0) + v
             n_since += 1
             now = time.perf_counter()
             if beat and now - last_line >= HEARTBEAT_S:          # evaluations can be a minute apart
                 first = next(iter(sums), None)
-                loss = f", train_{first}={sums[first] / n_since:.4g}" if first else ""
+                loss = f", train_{first}={self._read(sums, n_since)[first]:.4g}" if first else ""
                 rate = (self.step - last_step) / max(now - last_line, 1e-9)
                 beat(f"step {self.step}/{self.budget_steps()}, {rate:.2f} steps/s{loss}")
                 last_line, last_step = now, self.step
@@ -260,10 +264,28 @@ class Trainer:
             callback(report, self)
         return RunResult(metrics=report, history=history, trainer=self, example=example)
 
+    def _read(self, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
+        """Mean training losses over the last `n` steps, read to the host (the only place a step's losses are read).
+
+        On CUDA the steps queued so far finish first; that wait is training time. A non-finite mean (a NaN or inf
+        in any of those steps) raises FloatingPointError naming the loss and the steps."""
+        if self.method.device.type == "cuda":
+            t0 = time.perf_counter()
+            torch.cuda.synchronize(self.method.device)
+            self.train_seconds += time.perf_counter() - t0
+        means = {k: float(v) / max(n, 1) for k, v in sums.items()}
+        bad = {k: v for k, v in means.items() if not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(f"{self.cfg.method}: training loss {', '.join(bad)} is not finite "
+                                     f"({', '.join(f'{v}' for v in bad.values())}) in steps {self.step - n + 1}-"
+                                     f"{self.step}")
+        return means
+
     def _report(self, sums, n, n_eval, final=False):
+        losses = self._read(sums, n)
         mets, pred = self.evaluate(n_eval)
         report = {"step": float(self.step), "seconds": self.train_seconds, "core_seconds": self.core_seconds,
-                  **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}, **mets}
+                  **{f"train_{k}": v for k, v in losses.items()}, **mets}
         if final:
             report["final"] = 1.0
             # the seconds cap is a safety limit: a run it stopped short of its budget is marked, not silently shorter

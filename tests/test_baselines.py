@@ -73,7 +73,7 @@ def test_grid_cells_tile_the_image(g, H, W):
     assert torch.allclose(kp[:, 2], boxes[:, 2] - boxes[:, 0]) and torch.allclose(kp[:, 2], boxes[:, 3] - boxes[:, 1])
     # S^-1 of all-ones cell patches is a partition of unity away from the image border, where bilinear
     # interpolation fades over half a patch pixel (cell / (2 p) image pixels)
-    ones = paste_patches(torch.ones(1, K, 1, 8, 8), kp[None], H, W)[0, 0]  # (H, W)
+    ones = paste_patches(torch.ones(1, K, 1, 8, 8), kp[None], H, W, max_size=float(kp[0, 2]))[0, 0]
     m = math.ceil(float(kp[0, 2]) / 16)
     assert torch.allclose(ones[m:-m, m:-m], torch.ones(H - 2 * m, W - 2 * m), atol=1e-5)
 
@@ -142,7 +142,7 @@ def test_supervised_keypoints_from_boxes():
     assert kp[0, 0].tolist() == [11.0, 12.0, 12.0]                          # 12 x 12 box
     assert kp[0, 1].tolist() == [25.0, 29.0, 14.0]                          # 10 x 14 box -> side 14
     assert kp[0, 2, 0] < -14 and kp[0, 2, 1] < -14                          # padding off the canvas
-    pasted = paste_patches(torch.ones(2, 3, 1, 8, 8), kp, 40, 40, reduce=False)   # (B, L, C, H, W)
+    pasted = paste_patches(torch.ones(2, 3, 1, 8, 8), kp, 40, 40, max_size=14.0, reduce=False)  # (B, L, C, H, W)
     assert pasted[:, 2].abs().max() == 0 and pasted[:, 0].sum() > 0
     kp2, _ = gt_keypoints(b.boxes, b.counts, 16.0, 24.0)
     assert kp2[0, :2, 2].tolist() == [16.0, 16.0]                           # clamped to MIST's size range
@@ -242,12 +242,16 @@ def test_equivariance_convention_with_an_equivariant_detector():
 def test_air_pres_prior_anneals_and_is_checkpointed():
     m = AIR(AIR.make_config("smoke", {"pres_prior_start": 0.99, "pres_prior": 0.01, "pres_anneal_steps": 4}),
             SPEC, "recon")
-    assert m.current_pres_prior() == pytest.approx(0.99)
-    m.steps = 2
-    assert m.current_pres_prior() == pytest.approx(0.5)                    # halfway in log-odds
-    m.steps = 10
-    assert m.current_pres_prior() == pytest.approx(0.01)
-    assert m.state_dict()["extra"] == {"steps": 10}
+    assert float(m.current_pres_prior()) == pytest.approx(0.99)
+    m.steps.fill_(2)
+    assert float(m.current_pres_prior()) == pytest.approx(0.5)             # halfway in log-odds
+    m.steps.fill_(10)
+    assert float(m.current_pres_prior()) == pytest.approx(0.01)
+    assert float(m.state_dict()["extra"]["steps"]) == 10
+    m.train_step(_batch())                                                  # a step advances the device counter
+    assert float(m.steps) == 11
+    m.load_extra_state({"steps": 3})                                        # in place: a captured step reads it
+    assert float(m.steps) == 3 and float(m.current_pres_prior()) == pytest.approx(0.0913, abs=1e-4)  # 3/4 in log-odds
 
 
 # --- the non-learned k-means floor ------------------------------------------------------------------------------

@@ -83,11 +83,21 @@ def build(name: str, task: str, seed: int = 0, spec: DataSpec = SPEC, scale: str
     return cls(cls.default_config(scale), spec, task)
 
 
-def check_losses(losses: dict[str, float], who: str) -> None:
-    """One train_step's return value: a non-empty dict of finite Python floats."""
+def as_floats(losses: dict, who: str) -> dict[str, float]:
+    """One train_step's return value, checked: a non-empty dict of detached 0-d tensors (or Python floats), each
+    finite. Returns them as floats."""
     assert isinstance(losses, dict) and losses, f"{who}: train_step returned {losses!r}, not a non-empty dict"
-    bad = {k: v for k, v in losses.items() if not (isinstance(v, float) and math.isfinite(v))}
-    assert not bad, f"{who}: train_step losses {sorted(bad)} are not finite Python floats: {bad}"
+    kinds = {k: v for k, v in losses.items()
+             if not (isinstance(v, float) or (isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad))}
+    assert not kinds, f"{who}: train_step losses {sorted(kinds)} are neither detached 0-d tensors nor floats: {kinds}"
+    out = {k: float(v) for k, v in losses.items()}
+    bad = {k: v for k, v in out.items() if not math.isfinite(v)}
+    assert not bad, f"{who}: train_step losses {sorted(bad)} are not finite: {bad}"
+    return out
+
+
+def check_losses(losses: dict, who: str) -> None:
+    as_floats(losses, who)
 
 
 def check_primary_loss(who: str, learns: bool, history: list[dict[str, float]]) -> None:
@@ -95,8 +105,7 @@ def check_primary_loss(who: str, learns: bool, history: list[dict[str, float]]) 
     and for a method that learns the mean of the last WINDOW steps is below that of the first WINDOW by more than
     MIN_FALL of it; for `learns = False` it rises at no step (beyond rounding). Raises AssertionError."""
     assert len(history) >= 2 * WINDOW, f"{who}: {len(history)} steps are too few to judge the loss"
-    for h in history:
-        check_losses(h, who)
+    history = [as_floats(h, who) for h in history]
     key = next(iter(history[0]))
     missing = [i for i, h in enumerate(history) if key not in h]
     assert not missing, f"{who}: primary loss {key!r} is missing from train_step at steps {missing}"
@@ -218,9 +227,9 @@ def test_train_predict_and_state_round_trip(name, task, batch, tmp_path):
     # the optimiser state travelled too: the next training step is the same
     m.train(), m2.train()
     torch.manual_seed(7)
-    l1 = m.train_step(batch)
+    l1 = as_floats(m.train_step(batch), who)
     torch.manual_seed(7)
-    l2 = m2.train_step(batch)
+    l2 = as_floats(m2.train_step(batch), who)
     assert l1.keys() == l2.keys(), f"{who}: train_step keys differ after the state round trip: {l1} vs {l2}"
     differ = [k for k in l1 if l1[k] != pytest.approx(l2[k], rel=1e-5, abs=1e-7)]
     assert not differ, f"{who}: losses {differ} of the step after the state round trip differ: {l1} vs {l2}"
@@ -243,7 +252,7 @@ def test_identically_seeded_runs_agree(name, task, batch):
     for _ in range(2):
         m = build(name, task, seed=0)
         m.fit_setup(batch.images)
-        losses = [m.train_step(batch) for _ in range(3)]
+        losses = [as_floats(m.train_step(batch), who) for _ in range(3)]
         runs.append((losses, m.eval().predict(batch.images, batch.counts)))
     (la, pa), (lb, pb) = runs
     for i, (a, b) in enumerate(zip(la, lb)):
@@ -266,11 +275,11 @@ def test_trivial_loss_by_hand():
     pad = dict(labels=torch.full((2, 1), -1), boxes=torch.zeros(2, 1, 4), counts=torch.zeros(2, dtype=torch.long))
     both = Batch(torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)]), **pad)
     m = cls(cls.default_config("smoke"), spec, "recon")
-    got = [m.train_step(both)["loss"] for _ in range(3)]
+    got = [float(m.train_step(both)["loss"]) for _ in range(3)]
     assert got == [0.25, 0.25, 0.25], f"trivial: loss on a 0/1 batch, 3 steps: {got}"
     m = cls(cls.default_config("smoke"), spec, "recon")
     zeros, ones = Batch(torch.zeros(2, 1, 2, 2), **pad), Batch(torch.ones(2, 1, 2, 2), **pad)
-    got = [m.train_step(zeros)["loss"], m.train_step(ones)["loss"]]
+    got = [float(m.train_step(zeros)["loss"]), float(m.train_step(ones)["loss"])]
     assert got == [0.0, 0.25], f"trivial: loss on zeros then ones: {got}"
 
 
@@ -350,8 +359,9 @@ FALLING = [1.0 / (i + 1) for i in range(STEPS)]
     (True, [0.5 - 0.0001 * i for i in range(STEPS)], "did not fall by 1%"),   # 0.5 % between the windows: too little
     (True, [-0.5] * STEPS, "did not fall"),                                   # a negative constant (an NLL) too
     (True, [float("nan")] + FALLING[1:], r"losses \['loss'\] are not finite"),
+    (True, [torch.tensor(v, requires_grad=True) for v in FALLING], "neither detached 0-d tensors nor floats"),
     (False, [0.5] * 10 + [0.6] * (STEPS - 10), r"learns = False, yet its primary loss 'loss' rose .*\(9, 0.5, 0.6\)"),
-], ids=["constant", "drift", "too-little", "negative-constant", "nan", "rises-without-learning"])
+], ids=["constant", "drift", "too-little", "negative-constant", "nan", "attached-tensor", "rises-without-learning"])
 def test_loss_check_fails_on_broken_toy_methods(learns, loss, error, batch):
     """The check test_losses_fall runs, on toys that break it: a method that learns yet keeps its loss constant (or
     drifting by rounding, or falling by under 1 %), a non-finite loss, a rise in a method that does not learn."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from baselines.grid import Grid
 from mist_core.data import dataset_config, load_splits
 from mist_core.data.container import MultiInstanceData, Splits
 from mist_core.train import RunConfig, Trainer
@@ -106,3 +107,21 @@ def test_progress_says_something_between_evaluations(splits, monkeypatch, caplog
     beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [b.split(",")[0] for b in beats] == ["step 1/3", "step 2/3", "step 3/3"], beats
     assert all("steps/s, train_" in b for b in beats), beats                # the rate and the first loss, named
+
+
+class NaNAtStep3(Grid):
+    """Grid whose third step reports a NaN loss (as a diverging method would)."""
+    name = "nan_at_step_3"
+
+    def train_step(self, batch):
+        out = super().train_step(batch)
+        self.n = getattr(self, "n", 0) + 1
+        return {**out, "task": out["task"] * float("nan") if self.n == 3 else out["task"]}
+
+
+def test_a_non_finite_loss_stops_the_run_at_the_next_read_naming_it(splits):
+    """Losses stay on the device between reports; the first read after a NaN names the loss and the steps."""
+    with pytest.raises(FloatingPointError, match=r"training loss task is not finite \(nan\) in steps 1-4"):
+        trainer(splits, method="tests.test_train:NaNAtStep3", max_steps=10, eval_every=4).run(progress=False)
+    res = trainer(splits, max_steps=4, eval_every=2).run(progress=False)          # a finite run reports floats
+    assert all(isinstance(h["train_task"], float) and math.isfinite(h["train_task"]) for h in res.history)
