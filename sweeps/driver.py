@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,9 @@ from sweeps.config import Cell, Plan, plan
 from sweeps.estimate import longest_first, step_timings
 from sweeps.interrupts import Interrupted, deferred, sigterm_raises, tune_caught_sigint
 from sweeps.progress import SweepInfo, SweepProgress, activate, say
-from sweeps.results import RESULTS_FILE, ResultsWriter
+from sweeps.results import RESULTS_FILE, ResultsWriter, copy_dir, read_bytes, write_atomic
 from sweeps.spec import SweepContext, TrialSpec, trial_name
-from sweeps.store import SweepDir
+from sweeps.store import SWEEP_FILE, SweepDir
 from sweeps.trial import FAULT_ENV, trainable
 
 __all__ = ["Sweep", "SEEDS_EXPERIMENT", "mlflow_ui"]
@@ -86,19 +87,24 @@ class Sweep:
         say(self.info, f"{len(self.plan.cells)} cells, {self.plan.n_trials()} trials: starting Ray...")
         import ray
 
-        self.ray_mode = cluster.init_ray(self.args)
-        try:
-            with sigterm_raises():  # e.g. `ray job stop`: close the MLflow runs on the way out
-                cluster.check_resources(self.cfg, {str(c.params.get("train.device", "cpu")) for c in self.plan.cells},
-                                        local=self.ray_mode == "local")
-                self.store.begin()  # --fresh: the old sweep goes only now that nothing can refuse the new one
-                return self._run(state)
-        except KeyboardInterrupt as e:  # before the sweep's MLflow run was opened: nothing to close
-            say(self.info, f"interrupted ({e or 'Ctrl-C'}) before the sweep started")
-            return 130
-        finally:
-            if self.ray_mode:
-                ray.shutdown()
+        # {head_ip}: this machine's address (the driver runs on the head). The real URI is in the environment before
+        # Ray starts: the workers of a local instance inherit it (no secret travels through Ray: sweeps.tracking);
+        # from here on only the redacted URI is passed around, and MLflow clients swap the real one back in.
+        real = state["tracking_uri"].replace("{head_ip}", ray.util.get_node_ip_address())
+        with tracking.credential_env(real) as uri:
+            self.ray_mode = cluster.init_ray(self.args)
+            try:
+                with sigterm_raises():  # e.g. `ray job stop`: close the MLflow runs on the way out
+                    cluster.check_resources(self.cfg, {str(c.params.get("train.device", "cpu"))
+                                                       for c in self.plan.cells}, local=self.ray_mode == "local")
+                    self.store.begin()  # --fresh: the old sweep goes only now that nothing can refuse the new one
+                    return self._run_tracked(state, uri)
+            except KeyboardInterrupt as e:  # before the sweep's MLflow run was opened: nothing to close
+                say(self.info, f"interrupted ({e or 'Ctrl-C'}) before the sweep started")
+                return 130
+            finally:
+                if self.ray_mode:
+                    ray.shutdown()
 
     # --- what leaves this process (MLflow params and tags, Tune's config, the progress callback): no credential
     def parent_tags(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -120,14 +126,6 @@ class Sweep:
                             tracking_uri=tracking.redact_uri(uri), experiment_id=experiment_id, parent_run_id=parent,
                             code_version=state["code_version"], fault=os.environ.get(FAULT_ENV),
                             checkpoint_interval_s=self.cfg.checkpoint_interval_s, trials_dir=self.store.join("trials"))
-
-    def _run(self, state: dict[str, Any]) -> int:
-        import ray
-
-        real = state["tracking_uri"].replace("{head_ip}", ray.util.get_node_ip_address())
-        # from here on only the redacted URI is passed around; MLflow clients swap the real one back in
-        with tracking.credential_env(real) as uri:
-            return self._run_tracked(state, uri)
 
     def _run_tracked(self, state: dict[str, Any], uri: str) -> int:
         import ray
@@ -304,14 +302,22 @@ class Sweep:
     def _report(self, uri: str) -> None:
         """Build the sweep's report (report/ in the sweep folder) and log it on the parent run; a failure to do so
         is a line, not a failed sweep (`mist-bench report` builds it again)."""
-        if "://" in self.dir:
-            say(self.info, f"report: not built here ({self.dir} is not a local folder); build it where it is mounted")
-            return
         from analysis.report import log_to_mlflow, report_sweep
 
         try:
-            path = report_sweep(self.dir)
-            log_to_mlflow(path.parent, tracking_uri=uri, sweep_dir=self.dir)
+            if "://" in self.dir:  # e.g. s3://: built from a local copy of what the report reads, then copied back
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = Path(tmp) / self.cfg.name
+                    for part in (SWEEP_FILE, RESULTS_FILE):
+                        write_atomic(local / part, read_bytes(self.store.join(part)) or b"")
+                    copy_dir(self.store.join("trials"), str(local / "trials"))
+                    path = report_sweep(local)
+                    log_to_mlflow(path.parent, tracking_uri=uri, sweep_dir=local)
+                    copy_dir(str(path.parent), self.store.join("report"))
+                    path = self.store.join("report", path.name)
+            else:
+                path = report_sweep(self.dir)
+                log_to_mlflow(path.parent, tracking_uri=uri, sweep_dir=self.dir)
         except Exception as e:  # noqa: BLE001 - the sweep's results are safe; only the report is missing
             say(self.info, f"report: not built or not logged ({type(e).__name__}: {e})")
             return

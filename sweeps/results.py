@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 __all__ = ["COLUMNS", "SCHEMA", "RESULTS_FILE", "report_rows", "ResultsWriter", "load_results", "write_atomic",
-           "read_bytes", "delete_dir"]
+           "read_bytes", "delete_dir", "copy_dir"]
 
 RESULTS_FILE = "results.parquet"
 SCHEMA = pa.schema([
@@ -83,6 +83,17 @@ def delete_dir(path: str) -> None:
     """Delete a directory and everything in it (a local path or a URI such as s3://...)."""
     fs, p = _fs(path)
     fs.delete_dir(p)
+
+
+def copy_dir(src: str, dst: str) -> None:
+    """Copy a directory tree between storages (local paths or URIs such as s3://...); a missing `src` copies
+    nothing. E.g. a sweep's trials/ from S3 to a local folder, where the report is built."""
+    sfs, sp = _fs(src)
+    if sfs.get_file_info(sp).type != pafs.FileType.Directory:
+        return
+    dfs, dp = _fs(dst)
+    dfs.create_dir(dp, recursive=True)
+    pafs.copy_files(sp, dp, source_filesystem=sfs, destination_filesystem=dfs)
 
 
 def _table(rows: Iterable[dict[str, Any]]) -> pa.Table:

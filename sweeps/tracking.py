@@ -15,9 +15,13 @@ again the steps between its checkpoint and the interruption; a (metric, step) it
 again (one value per metric and step, the first).
 
 Credentials: a tracking URI such as http://user:secret@host:5000 is only ever printed, stored or logged as
-`redact_uri(uri)` (http://user:***@host:5000). The driver puts the real URI in its environment (URI_ENV), Tune
-copies it to every trial's environment (`credential_env`), and `_client` swaps it in for the redacted one, so Tune's
-params, result files and MLflow's params and tags see only the redacted form.
+`redact_uri(uri)` (http://user:***@host:5000). The driver puts the real URI in its environment (URI_ENV) before Ray
+starts, and `_client` swaps it in for the redacted one, so Tune's params, result files and MLflow's params and tags
+see only the redacted form. No secret travels through Ray: Tune would copy URI_ENV and AWS keys into each trial's
+runtime env, whose every variable Ray's runtime-env agent writes to its log on each node (runtime_env_agent.log,
+"Creating runtime env: {"env_vars": ...}"). So trials find secrets in the environment their node's processes
+inherited: a local instance's workers the driver's; a cluster's nodes that of `ray start` (an instance profile for
+S3; URI_ENV, or MLflow's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, exported where Ray is started).
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["redact_uri", "redact_values", "credential_uri", "credential_env", "URI_ENV", "REDACTED", "TrackingError",
+__all__ = ["redact_uri", "redact_values", "credential_uri", "credential_env", "URI_ENV", "SECRET_ENV", "REDACTED",
+           "TrackingError",
            "absolute_uri", "sqlite_path", "prepare", "open_sweep_run", "close_sweep_run", "log_metrics", "TrialRun",
            "trial_key", "find_trial_run", "terminate_if_running", "log_sweep_artifacts", "TAG_SWEEP", "TAG_TRIAL",
            "TAG_ROLE", "TAG_ATTEMPTS"]
@@ -92,32 +97,34 @@ def credential_uri(uri: str) -> str:
         return real
     if redact_uri(uri) != uri or REDACTED not in uri:
         return uri  # no credential in it (or a real one passed in directly)
-    raise TrackingError(f"MLflow URI {uri}: its credential is not in this process's environment ({URI_ENV}); "
-                        "the sweep driver sets it for its trials")
+    raise TrackingError(f"MLflow URI {uri}: its credential is not in this process's environment ({URI_ENV}); on a "
+                        f"cluster, export {URI_ENV} with it where `ray start` runs on each node")
+
+
+# what Tune would copy into each trial's runtime env (and so into Ray's logs): never a secret
+SECRET_ENV = frozenset({URI_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                        "AWS_SECURITY_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"})
 
 
 @contextlib.contextmanager
 def credential_env(uri: str) -> Iterator[str]:
-    """While inside: URI_ENV = `uri` here and in every Tune trial started from here (when `uri` holds a credential).
-    Yields the redacted URI, the only form to pass on (Tune config, files, prints)."""
-    shown = redact_uri(uri)
-    if shown == uri:
-        yield uri
-        return
+    """While inside: URI_ENV = `uri` in this process's environment (when `uri` holds a credential), which the
+    workers of a Ray instance started inside inherit; Tune ships none of SECRET_ENV to trials (see the module's
+    docstring). Yields the redacted URI, the only form to pass on (Tune config, files, prints)."""
     from ray.tune.execution import class_cache
 
+    shown = redact_uri(uri)
     # MLflow prints "View run ... at: <tracking URI>" for HTTP stores: with the credential in it, so not at all
-    env = {URI_ENV: uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-    # Tune copies these variables of the driver's environment into each trial actor's (it ships AWS keys this way)
+    env = {} if shown == uri else {URI_ENV: uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     propagate = class_cache.ENV_VARS_TO_PROPAGATE
-    added = set(env) - propagate
+    withheld = propagate & SECRET_ENV
     before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    propagate.update(env)
+    propagate.difference_update(withheld)
     try:
         yield shown
     finally:
-        propagate.difference_update(added)
+        propagate.update(withheld)
         for k, v in before.items():
             if v is None:
                 os.environ.pop(k, None)

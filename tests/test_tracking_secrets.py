@@ -95,15 +95,19 @@ def test_trials_get_the_credential_through_the_environment(monkeypatch):
     with pytest.raises(tracking.TrackingError, match="not in this process's environment") as err:
         tracking.credential_uri(shown)
     assert SECRET not in str(err.value)
+    shipped = set(class_cache.ENV_VARS_TO_PROPAGATE)
+    assert "AWS_SECRET_ACCESS_KEY" in shipped  # Tune's default: it would copy AWS keys into each trial's runtime env
     with tracking.credential_env(CRED_URI) as uri:
         assert uri == shown
-        assert os.environ[tracking.URI_ENV] == CRED_URI
-        assert tracking.URI_ENV in class_cache.ENV_VARS_TO_PROPAGATE  # Tune copies it into each trial's env
+        assert os.environ[tracking.URI_ENV] == CRED_URI  # inherited by the workers of a Ray instance started now
+        # ... but never shipped by Tune: Ray's runtime-env agent logs every variable it ships, in plain text
+        assert not tracking.SECRET_ENV & class_cache.ENV_VARS_TO_PROPAGATE
         assert tracking.credential_uri(shown) == CRED_URI
         assert tracking.credential_uri("sqlite:////x.db") == "sqlite:////x.db"
-    assert tracking.URI_ENV not in os.environ and tracking.URI_ENV not in class_cache.ENV_VARS_TO_PROPAGATE
-    with tracking.credential_env("sqlite:////x.db") as uri:  # nothing to hide: nothing set
+    assert tracking.URI_ENV not in os.environ and set(class_cache.ENV_VARS_TO_PROPAGATE) == shipped
+    with tracking.credential_env("sqlite:////x.db") as uri:  # nothing to hide: nothing set, AWS keys still withheld
         assert uri == "sqlite:////x.db" and tracking.URI_ENV not in os.environ
+        assert not tracking.SECRET_ENV & class_cache.ENV_VARS_TO_PROPAGATE
 
     def fails():
         raise RuntimeError(f"API request to {CRED_URI}/api/2.0/mlflow/runs/create failed")
