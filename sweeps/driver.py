@@ -23,10 +23,12 @@ from mist_core.config import ConfigError
 from sweeps import cluster, search, tracking
 from sweeps.config import Cell, Plan, plan
 from sweeps.estimate import longest_first, step_timings
+from sweeps.failures import failure_line
 from sweeps.interrupts import Interrupted, deferred, sigterm_raises, tune_caught_sigint
 from sweeps.progress import SweepInfo, SweepProgress, activate, say
 from sweeps.results import RESULTS_FILE, ResultsWriter, copy_dir, read_bytes, write_atomic
 from sweeps.spec import SweepContext, TrialSpec, trial_name
+from sweeps.storage_watch import StorageWatch, check as check_storage
 from sweeps.store import SWEEP_FILE, SweepDir
 from sweeps.trial import FAULT_ENV, trainable
 
@@ -201,7 +203,7 @@ class Sweep:
                 say(self.info, f"{name}: nothing restorable ({e}); starting it afresh")
         run_config = tune.RunConfig(
             name=name, storage_path=self.dir, verbose=0,
-            callbacks=[SweepProgress(self.info)],
+            callbacks=[SweepProgress(self.info)], stop=StorageWatch(self.store.join(SWEEP_FILE)),
             failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
         return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -212,13 +214,14 @@ class Sweep:
         t0 = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - t0
+        check_storage(self.store.join(SWEEP_FILE), self.dir)  # gone mid-sweep: one line, not a failure per trial
         caught = tune_caught_sigint(before)
         last = [r.metrics or {} for r in grid]
         trial_wall = sum(m.get("time_total_s", 0.0) for m in last)
         train = sum(m.get("seconds", 0.0) for m in last)
         say(self.info, f"{name}: {len(grid)} trials in {wall:.1f} s wall; the trials' own time {trial_wall:.1f} s "
                        f"(of which training steps {train:.1f} s)")
-        errors = [f"{name}: {r.path}: {type(r.error).__name__}: {str(r.error).strip().splitlines()[-1:]}"
+        errors = [f"{name}: {r.path}: {failure_line(r.error)}"
                   for r in grid if r.error is not None]
         self.errors += errors
         # Trial statuses are not trustworthy here (Tune's cleanup marks interrupted trials TERMINATED), so:

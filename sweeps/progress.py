@@ -15,6 +15,7 @@ from ray.tune import Callback
 
 from sweeps import tracking
 from sweeps.config import flat_params
+from sweeps.failures import trial_failure
 from sweeps.results import KEY, ResultsWriter, report_rows
 from sweeps.spec import TrialSpec
 from sweeps.trial import shown_metrics
@@ -118,11 +119,13 @@ class SweepProgress(Callback):
         if not done:
             say(self.info, f"stopped early: {trial}")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        say(self.info, f"retrying {trial} from its last checkpoint after: {trial_failure(trial)}")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self._flush()
         self._close(trial, "FAILED")
-        err = (trial.error_file or "").strip()
-        say(self.info, f"FAILED: {trial} (error: {err or 'see the Tune log'})")
+        say(self.info, f"FAILED: {trial}: {trial_failure(trial)}")
 
     def on_experiment_end(self, trials, **info):
         self._flush(force=True)

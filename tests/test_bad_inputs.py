@@ -222,3 +222,27 @@ def test_a_diverging_run_is_one_line(capsys):
 
     assert run_command(diverge) == 2
     assert _error_line(capsys.readouterr().err) == "mist-bench: error: mist: loss task is nan at step 3"
+
+
+def test_a_trial_failing_on_corrupt_data_reports_the_same_line(tmp_path):
+    """Where the data is not local to the driver, a trial reads it and fails: the sweep's line for that trial is the
+    data layer's own, as the pre-flight check would have given it; out of memory and a dead process are named."""
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from mist_core.data import DataError, check_source, dataset_config
+    from sweeps.failures import failure_line
+
+    d = _mnist(tmp_path, **{"train-labels-idx1-ubyte": np.arange(60, dtype=np.uint8) % 9})
+    with pytest.raises(DataError) as e:
+        check_source(dataset_config("mnist_hard", {"digits_dir": str(d)}))
+
+    def in_trial(cause: Exception) -> Exception:  # what Tune hands the driver for a trial that raised `cause`
+        return RayTaskError("trainable", "Traceback (most recent call last): ...", cause, proctitle="ray::trainable",
+                            pid=1, ip="127.0.0.1").as_instanceof_cause()
+
+    assert failure_line(in_trial(e.value)) == str(e.value)
+    oom = failure_line(in_trial(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")))
+    assert oom == "out of memory: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (lower " \
+                  "train.batch_size or the networks, or run fewer trials at once)"
+    assert failure_line(ActorDiedError()).startswith("its process or its node died (ActorDiedError: ")
+    assert failure_line(in_trial(ValueError("bad\nworse"))) == "ValueError: bad"
