@@ -28,7 +28,7 @@ import torch
 from bench.cli import write_json_atomic
 from bench.machine import machine_info
 from mist_core.config import ConfigError
-from mist_core.data import load_splits
+from mist_core.data import DataError, load_splits
 from mist_core.data.container import MultiInstanceData, Splits
 from mist_core.heatmap import HeatmapNet
 from mist_core.presets import train_config
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
               for p, m, t in PARTS}
         for r in rs.values():
             check_run(r)  # what a sweep's plan refuses (a seed numpy refuses, corrupt digit files...), by name
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:
         print(error_line(str(e)), file=sys.stderr)
         return 2
     dcfg, B = rs["mist_classify"].dataset_cfg, rs["mist_classify"].train_cfg.batch_size
