@@ -118,15 +118,18 @@ def test_svhn_digit_struct_listing_a_missing_image_or_nothing_is_named(tmp_path)
         check_source(cfg)
 
 
-def test_corrupt_data_is_refused_before_ray_by_train_and_sweep(tmp_path, capsys, monkeypatch):
-    """The same line from `train` and from the sweep's plan (at --check too, and before Ray for the real run)."""
+def test_corrupt_data_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """The same line from `train`, the paper check and the sweep's plan (at --check too, and before Ray for the real
+    run). (The ladder reads no user data: its datasets are generated.)"""
     import ray
 
+    from bench import paper_check
     from sweeps.cli import main
 
     d = _mnist(tmp_path, **{"train-labels-idx1-ubyte": np.arange(60, dtype=np.uint8) % 11})
     needle = f"{d / 'train-labels-idx1-ubyte'}: label 10 is not a digit (0-9)"
     assert _refused(main, ["train", *MIST_SMOKE, "-d", f"digits_dir={d}"], capsys) == f"mist-bench: error: {needle}"
+    assert needle in _refused(paper_check.main, [*PAPER, "--digits-dir", str(d)], capsys)
     path = write_config(tmp_path, config_with(methods=["trivial"], search__num_samples=1,
                                               overrides=[{"dataset_params": {"digits_dir": str(d)}}]))
     for extra in (["--check"], ["--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]):
