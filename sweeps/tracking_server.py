@@ -38,7 +38,7 @@ from mist_core.config import ConfigError, StrictConfig, parse_config
 from sweeps.postgres import LocalPostgres
 from sweeps.tracking import redact_uri
 
-__all__ = ["ServerConfig", "TrackingServer", "bind_problem", "server_command", "main"]
+__all__ = ["ServerConfig", "TrackingServer", "bind_problem", "server_command", "server_env", "main"]
 
 HEALTH_TIMEOUT_S = 120.0  # a first start migrates the database schema: ~10-30 s on 2 cores
 
@@ -108,6 +108,12 @@ def server_command(backend_uri: str, cfg: ServerConfig, host: str) -> list[str]:
             cfg.artifacts_destination, "--host", host, "--port", str(cfg.port), "--workers", str(cfg.workers)]
 
 
+def server_env() -> dict[str, str]:
+    """This environment, and MLflow's server jobs off unless asked for: sweeps use none of them (GenAI scorers, trace
+    archival), and their 7 polling consumer processes kept an idle server at 0.83 CPU-s/s (0.02 without) on 2 cores."""
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+
+
 def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -144,7 +150,8 @@ class TrackingServer:
                 log = open(self.log_dir / f"mlflow-{host.replace(':', '_')}.log", "ab")
                 with log:  # the child keeps its own descriptor
                     self.procs.append(subprocess.Popen(server_command(self.backend_uri, self.cfg, host), stdout=log,
-                                                       stderr=subprocess.STDOUT, start_new_session=True))
+                                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                                       env=server_env()))
                 wait_healthy(where, self.procs[-1], log.name)
         except BaseException:
             self.stop()
