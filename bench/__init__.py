@@ -1,12 +1,13 @@
 """bench: the performance benchmark suite. One command, JSON out:
 
-    python -m bench [--only steps,host,breakdown,flops,sweep,data,authors] [--scales quick,paper] [--methods ...]
+    python -m bench [--only steps,host,concurrency,breakdown,flops,sweep,data,authors] [--scales quick,paper] [--methods ...]
                     [--device cpu|cuda] [--repeats N] [--tiny] --out bench/results/<name>.json
     python -m bench.table bench/results/<name>.json      # the JSON as Markdown tables
 
 Items, one module each (each exposes `run(settings) -> dict`):
   steps      training-step throughput of every registered method (ms/step, images/s, peak memory)
   host       host work per step of every learning method: aten ops, host reads; on CUDA launches, syncs, kernel share
+  concurrency  aggregate images/s of 1, 2, 4, 8 concurrent MIST trials on one device (the sweeps' fractional GPU)
   breakdown  where one MIST step's time goes (torch.profiler ranges + isolated fwd+bwd timings per component)
   flops      achieved FLOP/s of a MIST step (FlopCounterMode) against a measured conv2d peak
   sweep      utilisation of a short local Ray sweep: training core-seconds / (wall seconds x cores)
@@ -15,5 +16,5 @@ Items, one module each (each exposes `run(settings) -> dict`):
 Shared pieces: settings (what to run), machine (what it ran on), timing, memory, workload (method + batch).
 """
 
-ITEMS: tuple[str, ...] = ("steps", "host", "breakdown", "flops", "sweep", "data", "authors")
+ITEMS: tuple[str, ...] = ("steps", "host", "concurrency", "breakdown", "flops", "sweep", "data", "authors")
 SCHEMA_VERSION = 1

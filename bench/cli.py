@@ -1,6 +1,6 @@
 """The command line: run the selected items, print progress to stderr, write one JSON file atomically.
 
-    python -m bench [--only steps,breakdown,flops,sweep,data,authors] [--scales quick,paper] [--methods mist,grid]
+    python -m bench [--only steps,host,concurrency,breakdown,flops,sweep,data,authors] [--scales quick,paper] [--methods mist,grid]
                     [--datasets mnist_hard,gabor] [--device cpu|cuda] [--repeats N] [--warmup N] [--threads N]
                     [--sweep-trials N] [--sweep-seconds S] [--tiny] --out FILE.json
 

@@ -139,7 +139,16 @@ def host_md(r: dict) -> str:
                             "kernel share", "ms/step", "images/s"]))
 
 
-SECTIONS = {"steps": steps_md, "host": host_md, "authors": authors_md, "breakdown": breakdown_md, "flops": flops_md, "sweep": sweep_md, "data": data_md}
+def concurrency_md(r: dict) -> str:
+    rows = [[x["method"], x["task"], x["scale"], x["n"], f"error: {x['error']}", "", "", "", ""] if "error" in x else
+            [x["method"], x["task"], x["scale"], x["n"], _n(x["images_per_s"]), _n(x["per_trial_images_per_s"]),
+             _n(x["speedup"], 2), "yes" if x["graph"] else "no", _n(x["peak_gpu_mem_mb"])] for x in r["rows"]]
+    return (f"### Concurrent trials on one device ({r['device']}, {r['seconds']:g} s each)\n\n"
+            + _table(rows, ["method", "task", "scale", "trials", "images/s (all)", "images/s (each)", "speed-up",
+                            "CUDA graph", "peak memory each (MB)"]))
+
+
+SECTIONS = {"steps": steps_md, "host": host_md, "concurrency": concurrency_md, "authors": authors_md, "breakdown": breakdown_md, "flops": flops_md, "sweep": sweep_md, "data": data_md}
 
 
 def render(results: dict) -> str:

@@ -66,11 +66,28 @@ class Scheduler(StrictConfig):
     reduction_factor: float = Field(3.0, gt=1)
 
 
+# `resources.gpu: auto`: this share of a GPU per trial when the machine that plans the sweep has CUDA, else none. Four
+# trials per GPU keeps a GPU busy between one trial's kernels (host work, evaluation, logging); bench item
+# `concurrency` measures the curve on a given GPU (python -m bench --only concurrency --device cuda).
+AUTO_GPU_SHARE = 0.25
+
+
 class Resources(StrictConfig):
-    """Per trial. Torch threads = cpu. gpu may be fractional (several trials share a GPU) or a whole number."""
+    """Per trial. Torch threads = cpu. gpu may be fractional (several trials share a GPU) or a whole number; "auto"
+    is AUTO_GPU_SHARE where this machine has a CUDA device and 0 where it has none (a local sweep: the quick
+    benchmark; a cluster's configs give the share their GPUs were measured to take)."""
 
     cpu: int = Field(1, ge=1)
     gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _auto(cls, v: Any) -> Any:
+        if v == "auto":
+            import torch
+
+            return AUTO_GPU_SHARE if torch.cuda.is_available() else 0.0
+        return v
 
     @field_validator("gpu")
     @classmethod

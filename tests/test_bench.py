@@ -147,3 +147,39 @@ def test_bench_errors_are_one_line_before_any_work(tmp_path, capsys, argv, needl
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mist-bench: error: ") and needle in err, err
     assert "[bench] data" not in err                                       # nothing measured first
+
+
+
+def test_device_check_runs_every_phase_at_smoke_scale_on_the_cpu(tmp_path):
+    """bench/device_check.sh as the device call runs it, shrunk (--device cpu --scale smoke): host work of every
+    learning method (no host read), the paper check's parts in parallel processes, 1 and 2 concurrent MIST trials;
+    one JSON and the tables."""
+    import os
+
+    from mist_core.registry import get_method, method_names
+
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1",
+           "BUDGET": "1200"}                                     # phase caps far above a smoke run, even on busy cores
+    proc = subprocess.run(["bash", "bench/device_check.sh", "--device", "cpu", "--scale", "smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "device_check.json").read_text())
+    assert {p: x["exit"] for p, x in r["phases"].items()} == {"host": 0, "paper_check": 0, "concurrency": 0}
+    rows = r["host"]["items"]["host"]["rows"]
+    learners = [(n, t) for n in method_names() if get_method(n).learns for t in get_method(n).tasks]
+    assert [(x["method"], x["task"]) for x in rows] == learners
+    for x in rows:
+        assert "error" not in x, x
+        assert x["mode"] == "eager" and x["host_reads"] == 0 and x["aten_ops"] > 50 and _positive(x["step_ms"]), x
+    pc = r["paper_check"]
+    assert pc["settings"]["parallel"] is True and set(pc["parts"]) == {"mist_classify", "mist_recon", "grid_recon"}
+    for p, x in pc["parts"].items():
+        assert x["steps"] == 4 and x["losses"][-1]["step"] == 4.0 and 0 <= x["metrics"]["det_rate"] <= 1, (p, x)
+        assert pc["cut"][p]["cut"] is False and pc["timing"][p]["step_ms"] > 0 and pc["timing"][p]["graph"] is False
+    conc = r["concurrency"]["items"]["concurrency"]["rows"]
+    assert [(x["method"], x["n"]) for x in conc] == [("mist", 1), ("mist", 2)]
+    for x in conc:
+        assert "error" not in x, x
+        assert len(x["steps"]) == x["n"] and min(x["steps"]) > 0 and _positive(x["images_per_s"]), x
+    assert conc[0]["speedup"] == 1.0 and _positive(conc[1]["speedup"])
+    assert "### Host work per training step" in proc.stdout and "### Concurrent trials on one device" in proc.stdout

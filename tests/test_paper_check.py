@@ -81,3 +81,4 @@ def test_paper_check_compile_falls_back(tmp_path):
     for p, t in r["timing"].items():
         assert "torch.compile failed" in t["compile_error"] and "no compiler here" in t["compile_error"]
         assert r["parts"][p]["steps"] == 4
+

@@ -83,6 +83,22 @@ def test_missing_env_var_and_missing_data_dir(tmp_path, monkeypatch):
         plan(load_sweep(CONFIG_DIR / "table4.yaml"))
 
 
+@pytest.mark.parametrize("cuda,share,device", [(False, 0.0, None), (True, 0.25, "cuda")], ids=["cpu-only", "gpu"])
+def test_auto_gpu_follows_the_machine(tmp_path, monkeypatch, cuda, share, device):
+    """resources.gpu: auto (the quick benchmark's) asks a quarter of a GPU per trial, training on it, where the planning
+    machine has CUDA, and no GPU where it has none."""
+    import torch
+
+    from sweeps.config import AUTO_GPU_SHARE
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    sweep = load_sweep(write_config(tmp_path, config_with(resources__gpu="auto")))
+    assert sweep.resources.gpu == share and (not cuda or share == AUTO_GPU_SHARE)
+    if not cuda:
+        assert all("train.device" not in c.params or c.params["train.device"] == "cpu" for c in plan(sweep).cells)
+    assert load_sweep(CONFIG_DIR / "quick.yaml").resources.gpu == share
+
+
 def test_duplicate_key_is_an_error_naming_key_and_line(tmp_path, capsys):
     from sweeps.run import main
 
