@@ -73,9 +73,10 @@ def bernoulli_kl(q: Tensor, p: Tensor | float) -> Tensor:
 
 
 def gaussian_kl(mu: Tensor, std: Tensor, mu0: Tensor | float, std0: Tensor | float) -> Tensor:
-    """KL(N(mu, std^2) || N(mu0, std0^2)) summed over the last dimension."""
-    std0 = torch.as_tensor(std0, dtype=mu.dtype, device=mu.device)
-    return (torch.log(std0 / std) + (std**2 + (mu - mu0) ** 2) / (2 * std0**2) - 0.5).sum(-1)
+    """KL(N(mu, std^2) || N(mu0, std0^2)) summed over the last dimension. A float prior stays a Python number
+    (no tensor built from host data inside a training step)."""
+    log_std0 = math.log(std0) if isinstance(std0, (int, float)) else torch.log(std0)
+    return (log_std0 - torch.log(std) + (std**2 + (mu - mu0) ** 2) / (2 * std0**2) - 0.5).sum(-1)
 
 
 class AIRNet(nn.Module):
@@ -99,6 +100,10 @@ class AIRNet(nn.Module):
                              f"{c.size_prior}, {c.size_max}")
         t = (c.size_prior - c.size_min) / (c.size_max - c.size_min)
         self.scale_mu0 = math.log(t / (1 - t))                          # the prior's mean window side
+        # z_where's prior (scale, shift x, shift y): buffers, built once (not from host data in every step)
+        self.register_buffer("where_mu0", torch.tensor([self.scale_mu0, 0.0, 0.0]), persistent=False)
+        self.register_buffer("where_std0", torch.tensor([c.scale_prior_std, c.shift_prior_std, c.shift_prior_std]),
+                             persistent=False)
         with torch.no_grad():
             self.pres_where.bias.zero_()
             self.pres_where.bias[0] = 2.0                               # start with every step present
@@ -172,8 +177,6 @@ class AIR(Method):
         state = (h, h)
         where, what, pres = feat.new_zeros(B, 3), feat.new_zeros(B, c.z_what), feat.new_ones(B, 1)
         out: dict[str, list[Tensor]] = {k: [] for k in ("q", "pres", "prev", "kp", "z_what", "kl_where", "kl_what")}
-        mu0 = torch.tensor([net.scale_mu0, 0.0, 0.0], device=images.device)
-        std0 = torch.tensor([c.scale_prior_std, c.shift_prior_std, c.shift_prior_std], device=images.device)
         for _ in range(c.max_steps):                                                  # the recurrence: inherent
             state = net.lstm(torch.cat([feat, where, what, pres], 1), state)
             pw = net.pres_where(state[0])                                             # (B, 7)
@@ -193,7 +196,7 @@ class AIR(Method):
             out["prev"].append(pres[:, 0])
             pres = pres * z[:, None]                                                  # (B, 1)
             out["q"].append(q), out["pres"].append(pres[:, 0]), out["kp"].append(kp), out["z_what"].append(what)
-            out["kl_where"].append(gaussian_kl(w_mu, w_std, mu0, std0))
+            out["kl_where"].append(gaussian_kl(w_mu, w_std, net.where_mu0, net.where_std0))
             out["kl_what"].append(gaussian_kl(m_mu, m_std, 0.0, 1.0))
         res = {k: torch.stack(v, 1) for k, v in out.items()}                          # (B, T, ...) each
         res["glimpses"] = net.decode(res["z_what"].flatten(0, 1)).reshape(B, c.max_steps, *images.shape[1:2],

@@ -6,6 +6,8 @@ read of a tensor to the host (`.item()`, `float(t)`, a data-dependent shape) wai
 done. The same host work shows in the CPU profiler, so these counts are made on any machine:
   aten_ops     aten ops per step, nested ones counted (an op that calls another counts twice), torch.profiler
   host_reads   ops that read a tensor to the host or size an output by its data (SYNC_OPS), per step
+  host_data    tensors built from Python or numpy data in the step (aten::lift_fresh): on CUDA a copy from host
+               memory every step, which a CUDA graph cannot capture
   on CUDA, also (torch.profiler with CUDA activity, a synchronize after the steps):
   launches     kernel and graph launches per step (cudaLaunchKernel & co, cudaGraphLaunch)
   sync_calls   runtime calls that wait for the device (cuda*Synchronize) or copy synchronously (cudaMemcpy)
@@ -32,12 +34,13 @@ from bench.workload import build, load_case, method_tasks
 from mist_core.graphs import WARMUP_STEPS
 from mist_core.registry import get_method
 
-__all__ = ["SYNC_OPS", "count_host", "measure", "run"]
+__all__ = ["SYNC_OPS", "HOST_DATA_OPS", "count_host", "measure", "run"]
 
 # an op that reads a value to the host, or sizes its output by the data (which needs the data on the host first)
 SYNC_OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::nonzero_static", "aten::masked_select",
                       "aten::_unique2", "aten::unique_consecutive", "aten::unique_dim", "aten::repeat_interleave",
                       "aten::bincount", "aten::histc"})
+HOST_DATA_OPS = frozenset({"aten::lift_fresh"})
 LAUNCH_PREFIXES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchCooperativeKernel", "cudaGraphLaunch",
                    "cuGraphLaunch")
 SYNC_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy")
@@ -56,7 +59,8 @@ def count_host(step: Callable[[], object], steps: int, cuda: bool) -> dict:
     host = [e for e in events if e.device_type == DeviceType.CPU]
     aten = Counter(e.name for e in host if e.name.startswith("aten::"))
     reads = {k: v / steps for k, v in aten.items() if k in SYNC_OPS}
-    out = {"aten_ops": sum(aten.values()) / steps, "host_reads": sum(reads.values()), "host_read_ops": reads}
+    out = {"aten_ops": sum(aten.values()) / steps, "host_reads": sum(reads.values()), "host_read_ops": reads,
+           "host_data": sum(v for k, v in aten.items() if k in HOST_DATA_OPS) / steps}
     if cuda:
         launches = sum(1 for e in host if e.name.startswith(LAUNCH_PREFIXES))
         syncs = sum(1 for e in host if e.name.startswith(SYNC_CALLS) and not e.name.startswith("cudaMemcpyAsync"))

@@ -24,18 +24,25 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("name,task", [pytest.param(n, t, id=f"{n}-{t}") for n, t in cases])
 
 
-def _reads(step) -> dict[str, float]:
+def _counts(step) -> dict:
     for _ in range(2):                        # lazy state (optimiser moments) first, as the trainer's first steps
         step()
-    return count_host(step, 1, cuda=False)["host_read_ops"]
+    return count_host(step, 1, cuda=False)
+
+
+def _reads(step) -> dict[str, float]:
+    return _counts(step)["host_read_ops"]
 
 
 def test_a_training_step_reads_nothing_to_the_host(name, task):
+    """...and builds no tensor from host data (torch.tensor([...]) in a step: on CUDA a copy from host memory every
+    step, which a CUDA graph cannot capture; make it a buffer once)."""
     m = build(name, task)
     batch = tiny_batch()
     m.fit_setup(batch.images)
-    reads = _reads(lambda: m.train_step(batch))
-    assert not reads, f"{name}[{task}]: its training step reads the host (op: calls per step): {reads}"
+    c = _counts(lambda: m.train_step(batch))
+    assert not c["host_read_ops"], f"{name}[{task}]: its training step reads the host (op: per step): {c['host_read_ops']}"
+    assert c["host_data"] == 0, f"{name}[{task}]: its training step builds {c['host_data']:g} tensors from host data"
 
 
 @pytest.mark.parametrize("read", [lambda t: t.item(), lambda t: float(t), lambda t: bool(t > 0), lambda t: t[t > 0]],
@@ -51,6 +58,15 @@ def test_the_check_sees_each_kind_of_read(read):
     batch = tiny_batch()
     reads = _reads(lambda: toy.train_step(batch))
     assert reads and set(reads) <= SYNC_OPS, reads
+
+
+def test_the_check_sees_a_tensor_built_from_host_data():
+    def train_step(self, batch):
+        return {"loss": (batch.images - torch.tensor([0.5])).mean()}
+
+    toy = _define(name="toy", Config=_Cfg, tasks=("recon",), train_step=train_step)(_Cfg(), SPEC, "recon")
+    batch = tiny_batch()
+    assert _counts(lambda: toy.train_step(batch))["host_data"] == 1
 
 
 def test_a_step_that_keeps_its_loss_on_the_device_passes():
