@@ -38,7 +38,8 @@ from mist_core.config import ConfigError, StrictConfig, parse_config
 from sweeps.postgres import LocalPostgres
 from sweeps.tracking import redact_uri
 
-__all__ = ["ServerConfig", "TrackingServer", "bind_problem", "server_command", "server_env", "main"]
+__all__ = ["ServerConfig", "TrackingServer", "bind_problem", "server_command", "server_env", "config_from_args",
+           "config_problems", "parse_args", "main"]
 
 HEALTH_TIMEOUT_S = 120.0  # a first start migrates the database schema: ~10-30 s on 2 cores
 
@@ -241,10 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: _serve(a), a.debug)
 
 
-def _serve(a: argparse.Namespace) -> int:
+def config_from_args(a: argparse.Namespace) -> ServerConfig:
     raw = {k: getattr(a, k) for k in ("backend_store_uri", "postgres_dir", "postgres_port", "artifacts_destination",
                                       "port", "workers") if getattr(a, k) is not None}
-    cfg = parse_config(ServerConfig, {**raw, "hosts": a.hosts or ["127.0.0.1"]}, where="tracking-server")
+    return parse_config(ServerConfig, {**raw, "hosts": a.hosts or ["127.0.0.1"]}, where="tracking-server")
+
+
+def _serve(a: argparse.Namespace) -> int:
+    cfg = config_from_args(a)
     server = TrackingServer(cfg, os.path.expanduser(a.log_dir))
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))

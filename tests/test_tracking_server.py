@@ -49,6 +49,27 @@ def test_private_addresses_are_accepted():
         [None] * 6
 
 
+def test_ray_cluster_yaml_starts_the_tracking_server_on_postgres_and_s3():
+    """The head's start command is a valid `mist-bench tracking-server` line: its own PostgreSQL, S3 artifacts, the
+    head's private address and 127.0.0.1 (never 0.0.0.0); SQLite is no longer the cluster's store."""
+    import shlex
+
+    import yaml
+
+    from sweeps.tracking_server import config_from_args, config_problems, parse_args
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "ray_cluster.yaml").read_text())
+    line = next(c for c in cfg["head_start_ray_commands"] if "tracking-server" in c)
+    words = shlex.split(line.replace("$HEAD_IP", "10.0.1.23").replace("$HOME", "/home/ubuntu"))
+    start = words.index("tracking-server") + 1
+    argv = words[start:words.index(">", start)]
+    a = parse_args(argv)
+    assert config_problems(config_from_args(a)) == []
+    assert a.hosts == ["10.0.1.23", "127.0.0.1"] and a.artifacts_destination.startswith("s3://")
+    assert a.postgres_dir and "sqlite" not in line and "0.0.0.0" not in line
+    assert any("psycopg" in c for c in cfg["head_setup_commands"])
+
+
 # --- the real stack ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stack():
@@ -86,6 +107,15 @@ def _listening(pids: set[int]) -> set[str]:
                 raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # per 32-bit word, little-endian
                 out.add(f"{socket.inet_ntop(family, raw)}:{int(port, 16)}")
     return out
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping; not gone, not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
 
 
 def _group(pgid: int) -> set[int]:
@@ -219,3 +249,61 @@ def test_two_node_sweep_logs_to_postgres_and_s3_and_resumes_from_s3(stack, tmp_p
     for secret in stack.secrets:
         leaked = [where for where, text in texts.items() if secret in text]
         assert not leaked, leaked
+
+
+def test_tracking_server_command_runs_its_own_postgres_and_stops_everything_on_sigterm():
+    """`mist-bench tracking-server --postgres-dir` as ray_cluster.yaml runs it: a private PostgreSQL reached by its
+    socket (no password anywhere), the server on 127.0.0.1; SIGTERM stops the server's processes and PostgreSQL."""
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    from bench.stack import free_port, missing
+
+    if missing():
+        pytest.skip(missing())
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="mist-ts-", dir="/tmp"))  # reachable by the postgres user (as root)
+    folder.chmod(0o755)
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("mist-bench")), "tracking-server", "--postgres-dir", str(folder / "pg"),
+           "--postgres-port", str(free_port()), "--artifacts-destination", str(folder / "artifacts"),
+           "--port", str(port), "--workers", "1", "--log-dir", str(folder / "logs")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                client = MlflowClient(url)
+                exp = client.create_experiment("own-postgres")
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(1)
+        run = client.create_run(exp).info.run_id
+        client.log_metric(run, "loss", 0.5, step=3)
+        assert [(m.step, m.value) for m in client.get_metric_history(run, "loss")] == [(3, 0.5)]
+        postmaster = int((folder / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+        group = _group(proc.pid)
+        assert all(a.startswith("127.0.0.1:") for a in _listening(group | {postmaster}))
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "tracking server: http://127.0.0.1:" in out
+        time.sleep(1)
+        assert not [p for p in group | {postmaster} if _alive(p)]
+        assert not (folder / "pg" / "data" / "postmaster.pid").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        from sweeps.postgres import LocalPostgres
+
+        if (folder / "pg" / "data" / "postmaster.pid").exists():
+            LocalPostgres(folder / "pg").stop()
+        shutil.rmtree(folder, ignore_errors=True)
