@@ -1,10 +1,9 @@
-"""The command lines: the README's `mist-bench` commands run as written, and every expected failure of every entry
-point is one line `mist-bench: error: ...` with exit status 2 and no traceback (--debug shows it)."""
+"""The command lines (the README's and docs' commands run as written in tests/test_docs.py): every expected failure of
+every entry point is one line `mist-bench: error: ...` with exit status 2 and no traceback (--debug shows it)."""
 from __future__ import annotations
 
 import ast
 import json
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,52 +15,12 @@ from sweep_fixtures import BASE, config_with, write_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _readme_commands() -> list[list[str]]:
-    """The argv of each `mist-bench ...` line of the README's "## Commands" code block, comments dropped."""
-    text = (ROOT / "README.md").read_text()
-    block = text.split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    return [shlex.split(line, comments=True)[1:] for line in block.splitlines()
-            if line.startswith(".venv/bin/mist-bench ")]
-
-
 def _error_line(err: str) -> str:
     """The one error line of a command's stderr (and the assertion that there is exactly one, untraced)."""
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if "error:" in line]
     assert len(lines) == 1 and lines[0].startswith("mist-bench: error: "), err
     return lines[0]
-
-
-# --- the README's commands, as written ---------------------------------------------------------------------------
-def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
-    """Each command line of the README's block, in order, in a fresh working directory (so runs/, previews/ and
-    mlflow.db land in tmp_path): the sweep prints the report command for the folder the README's `report` line
-    names, and that line writes the report there."""
-    from sweeps.cli import main
-
-    commands = _readme_commands()
-    assert [c[0] for c in commands] == ["methods", "datasets", "preview", "train", "sweep", "sweep", "report"]
-    monkeypatch.chdir(tmp_path)
-    out: list[str] = []
-    for argv in commands:
-        if argv[0] == "train":
-            # the README's line is the quick preset (1,000 steps on 6,000 images); the same command at smoke scale
-            assert argv[-2:] == ["--scale", "quick"]
-            argv = argv + ["--scale", "smoke"]
-        code = main(argv)
-        printed = capsys.readouterr()
-        assert code == 0, f"{shlex.join(argv)}: exit {code}\n{printed.err[-3000:]}"
-        out.append(printed.out)
-    methods, datasets, _, train, check, sweep, report = out
-    assert "mist " in methods and "mnist_hard" in datasets.split()
-    assert (tmp_path / "previews" / "mnist_hard.png").stat().st_size > 0
-    assert {"rmse", "step"} <= set(json.loads(train))
-    assert "planned: 6 trials" in check and "estimate: " in check
-    report_arg = commands[-1][1]
-    said = [line for line in sweep.splitlines() if "mist-bench report" in line]
-    assert said == [f"report: mist-bench report {(tmp_path / report_arg).resolve()}"]
-    assert (tmp_path / report_arg / "report" / "report.html").is_file()
-    assert report.strip().endswith(f"{report_arg}/report/report.html")
 
 
 # --- one error path ----------------------------------------------------------------------------------------------
