@@ -23,12 +23,14 @@ from typing import Any, Iterator
 from mist_core.config import ConfigError
 from sweeps.config import SweepConfig
 
-__all__ = ["init_ray", "check_resources", "alive_nodes", "warn_if_unshared", "warn_if_temporary",
+__all__ = ["init_ray", "reuse_timeout", "check_resources", "alive_nodes", "warn_if_unshared", "warn_if_temporary",
            "AUTOSCALER_HEAD_FILE", "CONNECT_TIMEOUT_ENV"]
 
 log = logging.getLogger("sweeps")
 AUTOSCALER_HEAD_FILE = "~/ray_bootstrap_config.yaml"  # written by `ray up` on a cluster's head node
 CONNECT_TIMEOUT_ENV = "MIST_RAY_CONNECT_TIMEOUT_S"
+REUSE_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"  # Tune's: how long a reused worker waits for the last trial
+REUSE_TIMEOUT_S = 120  # a stopped trial's closing MLflow calls (set-tag, update) against a busy server
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 # read when Ray is imported: two seeds' progress lines alike within 5 s would be merged into one
@@ -64,6 +66,7 @@ def init_ray(args: argparse.Namespace) -> str:
 
     # a checkpoint at every report of short trials trips this warning at every report; it is expected here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    reuse_timeout()
     try:
         import optuna
 
@@ -90,6 +93,17 @@ def init_ray(args: argparse.Namespace) -> str:
         # driver's cwd is a deleted directory (MLflow's getcwd() then fails); the same path exists again
         os.chdir(cwd)
     return "joined"
+
+
+def reuse_timeout() -> None:
+    """Give a stopped trial time to close its MLflow run before its worker runs the next trial. Tune waits
+    REUSE_TIMEOUT_ENV seconds (its default: 2) for the old trial's thread, then fails the NEW trial ("Could not re-use
+    actor"): 12 of 997 trials of bench.cluster_sim on a busy machine, and the sweep failed. Tune reads it in the trial
+    workers, so it is shipped to them with the trial (a cluster's workers do not inherit the driver's environment)."""
+    from ray.tune.execution import class_cache
+
+    os.environ.setdefault(REUSE_TIMEOUT_ENV, str(REUSE_TIMEOUT_S))
+    class_cache.ENV_VARS_TO_PROPAGATE.add(REUSE_TIMEOUT_ENV)
 
 
 def _join(named: str, address: str, init) -> None:

@@ -307,3 +307,39 @@ def test_tracking_server_command_runs_its_own_postgres_and_stops_everything_on_s
         if (folder / "pg" / "data" / "postmaster.pid").exists():
             LocalPostgres(folder / "pg").stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.cluster
+def test_a_reused_worker_waits_for_the_stopped_trial_to_close_its_run(tmp_path, monkeypatch):
+    """A trial stopped early (ASHA) closes its MLflow run on the way out; with reuse_actors its worker then runs the
+    next trial. Tune gave the old trial 2 s, then failed the NEW one ("Could not re-use actor"): a sweep of 997 trials
+    on a busy machine lost 12 that way. The driver's Ray gives it sweeps.cluster.REUSE_TIMEOUT_S."""
+    import argparse
+    import time
+
+    import ray
+    from ray import tune
+
+    from sweeps import cluster
+
+    monkeypatch.delenv(cluster.REUSE_TIMEOUT_ENV, raising=False)
+
+    def slow_to_close(config):
+        try:
+            for i in range(1000):
+                tune.report({"i": i})
+                time.sleep(0.05)
+        except SystemExit:  # stopped at a report, as sweeps.trial is: its run closed over a slow connection
+            time.sleep(3)
+            raise
+
+    assert cluster.init_ray(argparse.Namespace(address=None, num_cpus=1, dashboard=False)) == "local"
+    try:
+        grid = tune.Tuner(slow_to_close, param_space={"x": tune.grid_search([1, 2, 3])},
+                          tune_config=tune.TuneConfig(reuse_actors=True),
+                          run_config=tune.RunConfig(stop={"training_iteration": 2}, storage_path=str(tmp_path),
+                                                    verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    assert grid.num_errors == 0, [str(r.error)[:200] for r in grid if r.error]
+    assert sorted(r.metrics["training_iteration"] for r in grid) == [2, 2, 2]
