@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.paper import (METHOD_LABELS, REFERENCE_METHODS, TABLES, Column, TableSpec, dataset_label,
-                            lower_is_better, method_label, metric_label)
+from analysis.paper import (ADDED, ADDED_METHODS, METHOD_LABELS, REFERENCE_METHODS, TABLES, Column, TableSpec,
+                            dataset_label, lower_is_better, method_label, metric_label)
 
 __all__ = ["REQUIRED_COLUMNS", "MISSING", "NOT_RUN", "PAPER_NONE", "FLAG", "LEGEND", "check_rows", "final_rows",
            "select_trials", "trial_values", "table_cells", "format_ours", "format_table", "all_tables", "per_trial",
@@ -203,8 +203,10 @@ def table_view(df: pd.DataFrame, spec: TableSpec) -> TableView:
     row_of = {(r.dataset, r.metric): r.label for r in spec.rows}
     rows, classes, not_run, flags = [], [], [], []
     for ds in datasets:
-        methods = [c.method for c in spec.columns] + [m for m in REFERENCE_METHODS
-                                                      if m not in {c.method for c in spec.columns}]
+        paper_methods = {c.method for c in spec.columns}
+        # the paper's columns, then the methods this benchmark adds (when they ran), then the reference lines
+        methods = [c.method for c in spec.columns] + [m for m in (*ADDED_METHODS, *REFERENCE_METHODS)
+                                                      if m not in paper_methods]
         g = {m: per_trial(select_trials(df, spec.id, spec.task, ds, m)) for m in methods}
         if all(x.empty for x in g.values()):
             not_run.append(dataset_label(ds))
@@ -214,10 +216,11 @@ def table_view(df: pd.DataFrame, spec: TableSpec) -> TableView:
         first_ref = True
         for col in [*spec.columns, *(Column(method_label(m), m) for m in methods[len(spec.columns):])]:
             st, ref = stats[col.method], col.method in REFERENCE_METHODS
-            if ref and g[col.method].empty:
+            added = col.method not in paper_methods and not ref
+            if (ref or added) and g[col.method].empty:
                 continue
             flagged = dict(bars.get(col.method, []))
-            row = ([] if one else [dataset_label(ds)]) + [col.label + (" (reference)" if ref else ""),
+            row = ([] if one else [dataset_label(ds)]) + [col.label + (" (reference)" if ref else ADDED if added else ""),
                                                         str(st["trials"])]
             for m in paper_metrics:
                 paper = spec.paper.get((row_of.get((ds, m)), col.label))
@@ -258,7 +261,8 @@ def method_summary(df: pd.DataFrame) -> pd.DataFrame:
         for method, st in stats.items():
             ref = method in REFERENCE_METHODS
             flagged = bars.get(method, [])
-            rows.append({"task": task, "dataset": dataset, "method": method, "reference": ref, **st,
+            rows.append({"task": task, "dataset": dataset, "method": method, "reference": ref,
+                         "added": method in ADDED_METHODS, **st,
                          "flagged": ",".join(m for m, _ in flagged),
                          "note": "reference, not a competitor" if ref else "; ".join(n for _, n in flagged)})
     out = pd.DataFrame(rows)
@@ -277,7 +281,7 @@ def format_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     for i, r in enumerate(summary.itertuples(index=False)):
         st, flagged = r._asdict(), set(filter(None, str(r.flagged).split(",")))
         rows.append({"task": r.task, "dataset": dataset_label(r.dataset),
-                     "method": method_label(r.method) + (" (reference)" if r.reference else ""),
+                     "method": method_label(r.method) + (" (reference)" if r.reference else ADDED if r.added else ""),
                      "trials": r.trials, "steps": f"{r.steps:,}",
                      "core-s / trial": f"{r.core_seconds:,.1f}" if np.isfinite(r.core_seconds) else NOT_RUN,
                      **{label: _mean_cell(st, m, 3, m in flagged) for m, label in metrics}, "note": r.note})

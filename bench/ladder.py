@@ -54,6 +54,7 @@ RUNGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "channelwise": ("channelwise", {}, {}),   # the paper's Table 1 order at the same steps: MIST < grid < ch.-wise
     "air": ("air", {}, {}),                   # < AIR (Esl16)
     "ptopk": ("ptopk", {}, {}),               # MIST's networks, E_K relaxed by perturbed top-K instead of lifted
+    "mist_reach": ("mist_reach", {}, {}),     # MIST with the relocation step (ours, not the paper's)
 }
 
 
@@ -133,16 +134,42 @@ def detection_after_x_step(m: MIST, data, n: int) -> float:
     the first n test images: above the heatmap's own E_K, the heatmap does not follow x (the coupling is the
     limit); level with it, the x step does not improve on the heatmap (the task signal is)."""
     found = total = 0.0
+    n = min(n, len(data))
     for i in range(0, n, 64):
         b = data.batch(slice(i, min(i + 64, n))).to(m.device)
-        _, _, kp0, _ = m.detect(b.images)
-        x, _ = m.stage_keypoints(b, kp0)                                               # (B, K, 3)
+        _, _, kp0, scores = m.detect(b.images)
+        x, _, _ = m.keypoint_targets(b, kp0, scores)                                   # (B, K, 3)
         keep = torch.arange(x.shape[1], device=x.device)[None] < b.counts[:, None]
         d = metrics.detection_scores(keypoint_boxes(x).cpu(), keep.cpu(), None, metrics.square_boxes(
             b.boxes.cpu().numpy()), b.labels.cpu(), b.counts.cpu())
         found += d["det_rate"] * int(b.counts.sum())
         total += int(b.counts.sum())
     return found / max(total, 1)
+
+
+def per_class_detection(pred: Prediction, data) -> dict[str, float]:
+    """Detection (IoU .5) of each digit class: which digits a method finds, from its predictions on `data`."""
+    from mist_core.metrics import match_greedy, square_boxes
+
+    K = pred.boxes.shape[1]
+    gt = square_boxes(data.boxes)                                                      # (N, L, 4)
+    found, total = np.zeros(10), np.zeros(10)
+    for n in range(len(data)):                                                         # evaluation, not a step
+        keep = np.arange(K) < min(int(data.counts[n]), K)
+        L = int(data.counts[n])
+        _, gi, _ = match_greedy(pred.boxes[n, keep].numpy(), gt[n, :L])
+        labels = data.labels[n, :L]
+        np.add.at(total, labels, 1)
+        np.add.at(found, labels[gi], 1)
+    return {str(c): float(found[c] / total[c]) for c in range(10) if total[c]}
+
+
+def x_step_monitor(trainer: Trainer, n: int):
+    """A Trainer callback: at each report, the detection of the keypoints the x step regresses the heatmap to, on
+    the first n test images (`det_after_x` in the history: whether the x step moves towards the digits or away)."""
+    def callback(report: dict[str, float], tr: Trainer) -> None:
+        report["det_after_x"] = detection_after_x_step(tr.method, tr.splits.test, n)
+    return callback
 
 
 def rung_config(rung: str, task: str, seed: int, steps: int, eval_every: int, threads: int | None,
@@ -162,17 +189,19 @@ def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threa
     cfg = rung_config(rung, task, seed, steps, eval_every, threads, dataset, scale, dataset_params, method_params)
     method = cfg.method
     trainer = (_GTTrainer if rung == "task_on_gt" else Trainer)(cfg)
+    # the keypoints MIST's x step regresses the heatmap to (methods that train another way have none)
+    lifted = type(trainer.method).train_step is MIST.train_step and not getattr(trainer.method, "oracle", False)
     t0 = time.perf_counter()
-    res = trainer.run(progress=True)
+    res = trainer.run(callback=x_step_monitor(trainer, 128) if lifted else None, progress=True)
     test = trainer.splits.test.subset(res.example.boxes.shape[0]).batch(slice(None))
     final = dict(res.metrics)
     if res.example.boxes.shape[1] > 0:  # the mean image places no boxes
         final.update(placement(res.example, test.boxes, test.counts))
+        final["per_class_det"] = per_class_detection(res.example, trainer.splits.test.subset(test.counts.shape[0]))
     if save_dir:  # the trained state, for diagnostics after the fact (torch.load(..., weights_only=True))
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         torch.save(trainer.state_dict(), Path(save_dir) / f"{task}-{rung}-s{seed}.pt")
-    # the keypoints MIST's x step regresses the heatmap to (methods that train another way have none)
-    if type(trainer.method).train_step is MIST.train_step and not getattr(trainer.method, "oracle", False):
+    if lifted:
         final["det_after_x"] = detection_after_x_step(trainer.method, trainer.splits.test, len(test))
     return {"rung": rung, "overrides": method_params or {}, "task": task, "seed": seed,
             "steps": int(res.metrics["step"]), "dataset": dataset, "scale": scale, "method": method,

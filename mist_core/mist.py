@@ -188,13 +188,20 @@ class MIST(Method):
         self.opt_heat.step()
         return loss.detach()
 
+    def keypoint_targets(self, batch: Batch, kp0: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The keypoints (B, K, 3) line 5 regresses the heatmap to, their task loss (B,), and statistics to log:
+        here line 4's x step from E_K's keypoints kp0 (scores (B, K): E_K's, for variants that rank patches)."""
+        x, loss = self.stage_keypoints(batch, kp0)
+        return x, loss, {}
+
     def train_step(self, batch: Batch) -> dict[str, Tensor]:
-        h_scales, _, kp0, _ = self.detect(batch.images)
+        h_scales, _, kp0, scores = self.detect(batch.images)
         task_loss = self.stage_task(batch, kp0)
-        x, kp_loss = self.stage_keypoints(batch, kp0)
+        x, kp_loss, stats = self.keypoint_targets(batch, kp0, scores)
         heat_loss = self.stage_heatmap(h_scales, x, kp_loss, self.valid_mask(batch))
         moved = (x[..., :2] - kp0[..., :2]).norm(dim=-1).mean()
-        return {"task": task_loss.mean(), "task_after_kp": kp_loss.mean(), "heat": heat_loss, "kp_move": moved}
+        return {"task": task_loss.mean(), "task_after_kp": kp_loss.mean(), "heat": heat_loss, "kp_move": moved,
+                **stats}
 
     # --- prediction ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -20,6 +20,7 @@ BUILTIN: dict[str, str] = {
     "zhang": "baselines.zhang:Zhang",
     "supervised": "baselines.supervised:Supervised",
     "ptopk": "baselines.ptopk:PerturbedTopK",
+    "mist_reach": "baselines.mist_reach:MISTReach",
 }
 
 
