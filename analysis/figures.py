@@ -22,7 +22,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
@@ -40,11 +42,11 @@ HEAT_CMAP = "magma"  # perceptually uniform, readable in grey print
 
 def method_color(method: str) -> str:
     """The same colour for a method in every figure and every run: matplotlib's tab10 cycle in METHOD_LABELS
-    order; any other name gets one of the colours left over, picked by a stable hash of the name (crc32)."""
+    order; any other name one of tab20's ten light shades, picked by a stable hash of the name (crc32), so a
+    method of the user's never takes a named method's colour."""
     if method in _ORDER:
         return f"C{_ORDER.index(method) % 10}"
-    spare = max(10 - len(_ORDER), 1)
-    return f"C{(len(_ORDER) + zlib.crc32(method.encode()) % spare) % 10}"
+    return to_hex(colormaps["tab20"](2 * (zlib.crc32(method.encode()) % 10) + 1))
 
 
 def to_data_uri(fig: Figure, dpi: int = 80) -> str:

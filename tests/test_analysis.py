@@ -274,13 +274,21 @@ def test_cost_includes_sweeps_that_are_no_paper_table() -> None:
 
 
 def test_method_colours_are_stable() -> None:
-    """Named methods take tab10 in METHOD_LABELS order (9 of them: C0-C8); any other name one of the colours left by
-    its crc32, the same in every process; with one colour left that is C9 for every other name."""
+    """Named methods take tab10 in METHOD_LABELS order (10 of them: C0-C9); any other name one of tab20's light
+    shades by its crc32, the same in every process and never a named method's."""
+    import zlib
+
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
     from analysis.figures import method_color
 
-    assert len(paper.METHOD_LABELS) == 9, "update the hand-checked colours below"
-    assert [method_color(m) for m in paper.METHOD_LABELS] == [f"C{i}" for i in range(9)]
-    assert method_color("mymethod") == "C9" and method_color("oracle_task") == "C9"
+    assert len(paper.METHOD_LABELS) == 10, "update the hand-checked colours below"
+    assert [method_color(m) for m in paper.METHOD_LABELS] == [f"C{i}" for i in range(10)]
+    named = {to_hex(f"C{i}") for i in range(10)}
+    for other in ("mymethod", "oracle_task"):
+        assert method_color(other) == to_hex(colormaps["tab20"](2 * (zlib.crc32(other.encode()) % 10) + 1))
+        assert method_color(other) not in named
 
 
 def test_report_reads_nothing_outside_the_sweep_folder(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def _shared(method: str, p: NetworkPreset) -> dict:
     t, h, s = p.task, p.heatmap, sorted(p.heatmap.sizes)
     nets = dict(patch_res=t.patch_res, task_width=t.task_width, task_levels=t.task_levels, task_blocks=t.task_blocks)
     whole = {**t.model_dump(), **h.model_dump(), **p.mist.model_dump()}
-    return {"mist": whole, "supervised": whole, "ptopk": whole, "trivial": {}, "kmeans": {},
+    return {"mist": whole, "supervised": whole, "ptopk": whole, "mist_reach": whole, "trivial": {}, "kmeans": {},
             "grid": {**nets, "lr_task": t.lr_task}, "zhang": {"width": h.heat_width, "box_size": statistics.median(s)},
             "channelwise": {**nets, "lr": t.lr_task, "heat_width": h.heat_width, "heat_blocks": h.heat_blocks,
                             "size": statistics.median(s)},
