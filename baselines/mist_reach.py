@@ -5,11 +5,13 @@ a digit that no patch overlaps contributes no gradient and is never found, and t
 stay there (the ladder: about a third of the quick MNIST-hard digits have no patch centre within 4 px, and 0.36 pairs
 of patches per image share a digit). After the local steps, this variant proposes, per image, to move its least
 useful patch to the strongest evidence no patch explains, and keeps the move where the task loss is lower:
-  usefulness  recon: the ink the patch explains, sum of min(decoded patch, input patch); classify: the ink it covers.
-              Of two patches whose centres are closer than `dup_dist` x their side, the one with the lower heatmap
-              score counts as useless (it repeats the other).
-  evidence    recon: the residual's ink, max(I - reconstruction, 0); classify: the input's ink outside every patch.
-              Summed over a patch-sized window at every pixel; the proposal is the window with the most.
+  usefulness  recon: the ink the patch explains, sum of min(decoded patch, input patch); classify: the ink it covers
+              (only the top-`count` patches, the ones that stand for digits, can move). Of two patches whose
+              centres are closer than `dup_dist` x their side, the one with the lower heatmap score counts as
+              useless (it repeats the other).
+  evidence    recon: the residual's ink, max(I - reconstruction, 0); classify: the input's ink outside every patch
+              that stands for a digit. Summed over a patch-sized window at every pixel; the proposal is the
+              window with the most.
   accept      per image, when the task loss (not the lifted objective: a relocation is a jump, not a small step)
               at the proposal is below that at the current keypoints. `relocations` rounds per step, each one task
               forward for the evidence and one for the proposal.
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from typing import Literal
 
 from pydantic import Field
 from torch import Tensor
@@ -30,50 +31,18 @@ from mist_core.sampler import paste_patches, sample_patches
 from mist_core.task import TaskOutput
 from mist_core.types import Batch
 
-__all__ = ["MISTReach", "MISTReachConfig", "window_sum", "matched_nll"]
+__all__ = ["MISTReach", "MISTReachConfig", "window_sum"]
 
 
 class MISTReachConfig(MISTConfig):
     relocations: int = Field(1, ge=0)         # relocation rounds per training step (0: MIST's x step alone)
-    relocate_first: bool = False              # relocate E_K's keypoints, then the local x step (else after it)
-    cls_loss: Literal["histogram", "matched"] = "matched"   # classify: eq. 9, or each patch matched to one label
-    match_eps: float = Field(0.05, gt=0)      # the matching's entropic regularisation (nats)
-    match_iters: int = Field(30, ge=1)        # its Sinkhorn iterations
     dup_dist: float = Field(0.5, ge=0)        # two centres closer than this x the patch side share a digit
+    centre_steps: int = Field(0, ge=0)        # mean-shift rounds: each patch's centre to its window's ink centroid
 
 
 def window_sum(maps: Tensor, side: int) -> Tensor:
     """(B, H, W) -> (B, H, W): the sum over the side x side window (side odd) centred at each pixel, zero outside."""
     return F.avg_pool2d(maps[:, None], side, stride=1, padding=side // 2, count_include_pad=True)[:, 0] * side * side
-
-
-def matched_nll(probs: Tensor, labels: Tensor, valid: Tensor, eps: float, iters: int) -> Tensor:
-    """Per-image loss (B,): each valid patch's negative log-likelihood of the label it is matched to.
-
-    probs (B, K, NC) class probabilities per patch, labels (B, L) (-1 = padding), valid (B, K) the patches that stand
-    for instances. The matching is an entropic optimal transport (Sinkhorn, in the log domain, `iters` rounds)
-    between the valid patches (one unit each) and the image's labels (class c: its count), with cost -log p_k(c),
-    normalised to the patches' total; it is held fixed (detached) and the loss is the matched cost. Unlike eq. 9's
-    histogram of mean probabilities, which a patch between two digits can satisfy with a blend of both, every patch
-    must be confident about one digit the image holds.
-    """
-    B, K, NC = probs.shape
-    cost = -probs.clamp_min(1e-6).log()                                                # (B, K, NC)
-    classes = torch.arange(NC, device=labels.device)
-    n_c = (labels[..., None] == classes).sum(1).to(probs.dtype)                         # (B, NC) label counts
-    v = valid.to(probs.dtype)                                                           # (B, K)
-    n_c = n_c * (v.sum(1, keepdim=True) / n_c.sum(1, keepdim=True).clamp_min(1))       # as much mass as patches
-    with torch.no_grad():
-        log_a = torch.where(valid, 0.0, -torch.inf)                                     # (B, K) log 1 per patch
-        log_b = n_c.log()                                                               # (B, NC), -inf: absent
-        logits = -cost / eps                                                            # (B, K, NC)
-        f = torch.zeros_like(log_a)
-        g = torch.zeros_like(log_b)
-        for _ in range(iters):                                                          # fixed rounds: no host read
-            f = log_a - torch.logsumexp(logits + g[:, None, :], 2)
-            g = log_b - torch.logsumexp(logits + f[:, :, None], 1)
-        plan = torch.exp(logits + f[:, :, None] + g[:, None, :]).nan_to_num(0.0)       # (B, K, NC), rows sum to 1
-    return (plan * cost).sum((1, 2)) / v.sum(1).clamp_min(1)                            # (B,)
 
 
 class MISTReach(MIST):
@@ -83,14 +52,6 @@ class MISTReach(MIST):
     @classmethod
     def default_config(cls, scale: str) -> MISTReachConfig:
         return MISTReachConfig(**MIST.default_config(scale).model_dump())
-
-    def run_task(self, batch: Batch, kp: Tensor) -> TaskOutput:
-        """MIST's task forward; for classify with cls_loss 'matched', the matched loss instead of eq. 9."""
-        out = super().run_task(batch, kp)
-        if self.task == "classify" and self.cfg.cls_loss == "matched":
-            out.loss = matched_nll(out.class_probs, batch.labels, self.valid_mask(batch), self.cfg.match_eps,
-                                   self.cfg.match_iters)
-        return out
 
     # --- the relocation step ---------------------------------------------------------------------------------
     def usefulness(self, batch: Batch, x: Tensor, out: TaskOutput, scores: Tensor) -> Tensor:
@@ -109,14 +70,18 @@ class MISTReach(MIST):
         si, sj = scores[:, :, None], scores[:, None, :]                                  # (B, K, 1), (B, 1, K)
         lower = (si < sj) | ((si == sj) & later)                                         # (B, K, K): k ranks below l
         repeats = (close & lower).any(2)                                                 # (B, K)
-        return torch.where(repeats, torch.zeros_like(ink), ink)
+        useful = torch.where(repeats, torch.zeros_like(ink), ink)
+        # classify: only the top-`count` patches stand for digits; moving another changes no loss, so never pick one
+        return torch.where(self.valid_mask(batch), useful, torch.full_like(ink, torch.inf))
 
     def evidence(self, batch: Batch, x: Tensor, out: TaskOutput) -> Tensor:
-        """(B, H, W): ink no patch explains (recon: the residual's; classify: the input's outside every patch)."""
+        """(B, H, W): ink no patch explains (recon: the residual's; classify: the input's outside every patch that
+        stands for a digit)."""
         H, W = batch.images.shape[-2:]
         if self.task == "recon":
             return (batch.images - out.recon).clamp_min(0).sum(1)                       # (B, H, W)
-        ones = torch.ones(*x.shape[:2], 1, 2, 2, device=x.device, dtype=batch.images.dtype)  # (B, K, 1, 2, 2)
+        valid = self.valid_mask(batch).to(batch.images.dtype)[..., None, None, None]     # (B, K, 1, 1, 1)
+        ones = valid.expand(*x.shape[:2], 1, 2, 2)                                       # (B, K, 1, 2, 2)
         covered = paste_patches(ones, x, H, W, max_size=self.cfg.sizes[-1]).squeeze(1) > 0.5  # (B, H, W)
         return batch.images.sum(1) * (~covered)
 
@@ -140,18 +105,29 @@ class MISTReach(MIST):
             better = new_loss < loss                                                     # (B,)
             return torch.where(better[:, None, None], proposal, x), torch.where(better, new_loss, loss)
 
+    def centre(self, batch: Batch, x: Tensor) -> Tensor:
+        """One mean-shift round: each patch (B, K, 3) moves to the ink-weighted centroid of what it covers (no move
+        where it covers no ink), so that a patch sits on its digit's centre rather than on part of it."""
+        p = self.cfg.patch_res
+        w = sample_patches(batch.images, x, p).sum(2).clamp_min(0)                          # (B, K, p, p) ink
+        t = (torch.arange(p, device=x.device, dtype=x.dtype) + 0.5) / p - 0.5              # (p,) in (-1/2, 1/2)
+        mass = w.sum((2, 3))                                                                # (B, K)
+        dx = (w.sum(2) * t).sum(2) / mass.clamp_min(1e-6)                                   # (B, K) in patch sides
+        dy = (w.sum(3) * t).sum(2) / mass.clamp_min(1e-6)
+        shift = torch.stack([dx, dy], -1) * x[..., 2:3] * (mass > 1e-6)[..., None]          # (B, K, 2) pixels
+        H, W = batch.images.shape[-2:]
+        return self.keep_inside(torch.cat([x[..., :2] + shift, x[..., 2:]], -1), H, W)
+
     def keypoint_targets(self, batch: Batch, kp0: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """MIST's x step and `relocations` rounds of relocation (after it, or before it with relocate_first)."""
-        x = kp0
-        if self.cfg.relocate_first:
-            for _ in range(self.cfg.relocations):
-                x, _ = self.relocate(batch, x, scores)
-            relocated = (x[..., :2] != kp0[..., :2]).any(-1).float().sum(1).mean()         # patches moved per image
-            x, loss, _ = super().keypoint_targets(batch, x, scores)
-            return x, loss, {"relocated": relocated}
+        """MIST's x step, then `relocations` rounds of relocation and `centre_steps` of mean-shift."""
         x_local, loss, _ = super().keypoint_targets(batch, kp0, scores)
         x = x_local
         for _ in range(self.cfg.relocations):
             x, loss = self.relocate(batch, x, scores)
         relocated = (x[..., :2] != x_local[..., :2]).any(-1).float().sum(1).mean()        # patches moved per image
+        if self.cfg.centre_steps:
+            for _ in range(self.cfg.centre_steps):
+                x = self.centre(batch, x)
+            with torch.no_grad():
+                loss = self.run_task(batch, x).loss                                         # (B,) at the centred x
         return x, loss, {"relocated": relocated}

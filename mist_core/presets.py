@@ -93,7 +93,7 @@ NETWORK_PRESETS: dict[str, NetworkPreset] = {
         task=TaskNetPreset(patch_res=8, task_width=4, task_levels=3, task_blocks=1, lr_task=1e-3),
         heatmap=HeatmapPreset(sizes=(20.0,), heat_width=4, heat_blocks=1, nms_window=5, lr_heat=1e-3),
         mist=LiftingPreset(kp_lr=1e4, kp_steps=2, kp_max_move=2.0, heat_sigma=0.0)),
-    # quick, MIST's detection on 9-digit MNIST hard at 1,000 steps (README "Where the reproduction stands"): one 20 px
+    # quick, MIST's detection on 9-digit MNIST hard at 1,000 steps (docs/reproduction.md, "The oracle ladder"): one 20 px
     # scale (two, 16 and 24: 0.25 against 0.40 at step 500); 6 heatmap blocks, NMS 9 (receptive field 29 px; heatmap
     # on the true centres 0.93, 4 blocks and NMS 5: 0.84; MIST 0.778 against 0.705); G blurred by 1 px (0.705 against
     # 0.588 with appendix B's spike); 4 keypoint steps of <= 4 px at lr 1e5 (digit-to-keypoint 8.2 -> 6.0 px over 150

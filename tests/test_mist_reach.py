@@ -1,4 +1,4 @@
-"""MIST-reach (baselines/mist_reach.py): the window sum, the matched classification loss, the relocation step.
+"""MIST-reach (baselines/mist_reach.py): the window sum, the relocation step.
 
 The relocation is checked with a perfect stand-in task network (it decodes each patch as the input patch), so the
 task loss falls exactly when a patch moves onto ink no patch covered: two patches on one square, a second square
@@ -6,12 +6,10 @@ uncovered; one relocation round must move the lower-scored duplicate onto the se
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from baselines.mist_reach import MISTReach, MISTReachConfig, matched_nll, window_sum
+from baselines.mist_reach import MISTReach, MISTReachConfig, window_sum
 from mist_core.config import ConfigError
 from mist_core.mist import MIST
 from mist_core.sampler import paste_patches, sample_patches
@@ -28,7 +26,7 @@ def test_config_extends_mist_and_checks_its_fields():
         cfg = MISTReach.default_config(scale)
         assert isinstance(cfg, MISTReachConfig)
         assert cfg.model_dump().items() >= MIST.default_config(scale).model_dump().items()
-    for bad in ({"relocations": -1}, {"cls_loss": "hungarian"}, {"match_eps": 0.0}, {"dup_dist": -0.1}):
+    for bad in ({"relocations": -1}, {"centre_steps": -1}, {"dup_dist": -0.1}):
         with pytest.raises(ConfigError):
             MISTReach.make_config("smoke", bad)
 
@@ -39,35 +37,6 @@ def test_window_sum_of_a_delta_is_its_window():
     s = window_sum(maps, 3)                                                        # (1, 9, 9)
     assert torch.allclose(s[0, 3:6, 3:6], torch.full((3, 3), 2.0))
     assert float(s.sum()) == pytest.approx(18.0) and float(s[0, 2, 4]) == 0.0
-
-
-def _probs(rows: list[dict[int, float]]) -> torch.Tensor:
-    """(1, K, 10): per patch, the given class probabilities, the rest spread evenly."""
-    p = torch.zeros(1, len(rows), 10)
-    for k, row in enumerate(rows):
-        rest = (1 - sum(row.values())) / (10 - len(row))
-        p[0, k] = rest
-        for c, v in row.items():
-            p[0, k, c] = v
-    return p
-
-
-def test_matched_loss_wants_one_confident_patch_per_digit():
-    labels, valid = torch.tensor([[3, 7]]), torch.ones(1, 2, dtype=torch.bool)
-    sharp = matched_nll(_probs([{3: 0.9}, {7: 0.9}]), labels, valid, 0.05, 50)
-    swapped = matched_nll(_probs([{7: 0.9}, {3: 0.9}]), labels, valid, 0.05, 50)
-    blended = matched_nll(_probs([{3: 0.5, 7: 0.5}, {3: 0.5, 7: 0.5}]), labels, valid, 0.05, 50)
-    assert float(sharp) == pytest.approx(-math.log(0.9), abs=1e-3)              # each patch to its own digit
-    assert float(swapped) == pytest.approx(float(sharp), abs=1e-3)             # the matching, not the order
-    assert float(blended) == pytest.approx(math.log(2), abs=1e-3)              # eq. 9's histogram would be content
-    # an invalid patch (beyond the count) costs nothing, whatever it says
-    three = _probs([{3: 0.9}, {7: 0.9}, {1: 0.99}])
-    v3 = torch.tensor([[True, True, False]])
-    assert float(matched_nll(three, labels, v3, 0.05, 50)) == pytest.approx(float(sharp), abs=1e-3)
-    # the gradient reaches the probabilities (the plan is held fixed)
-    p = _probs([{3: 0.6}, {7: 0.6}]).requires_grad_()
-    matched_nll(p, labels, valid, 0.05, 50).sum().backward()
-    assert p.grad[0, 0, 3] < 0 and p.grad[0, 1, 7] < 0 and float(p.grad[0, 0, 7].abs()) < 1e-3
 
 
 class _PerfectDecoder(MISTReach):
