@@ -24,10 +24,10 @@ METHOD_NOTES: dict[str, str] = {
     "ptopk": "Perturbed top-K: MIST's heatmap and task networks, presets and losses; only the training of the "
              "selection differs, E_K relaxed by the perturbed top-K of Cordonnier et al. 2021 instead of lifted. "
              "Its difference from MIST is the effect of lifting against relaxation.",
-    "mist_reach": "MIST-reach (ours, not the paper's): MIST whose keypoint step also moves its least useful patch to the "
-                  "strongest evidence no patch explains (the residual's ink in recon, the uncovered ink in classify) "
-                  "when the task loss falls, and whose classification loss matches each patch to one label instead of "
-                  "eq. 9's histogram; the paper's x step is local and never reaches a digit no patch touches.",
+    "mist_reach": "MIST-reach (ours, not the paper's): MIST whose keypoint step, after the paper's local x step, moves "
+                  "each image's least useful patch to the strongest evidence no patch explains (the residual's ink in "
+                  "recon, the uncovered ink in classify) when the task loss falls, then centres every patch on the ink "
+                  "it covers; the paper's x step is local and never reaches a digit no patch touches.",
     "grid": "Grid: MIST's task network on a fixed grid of patches, nothing localised.",
     "channelwise": "Ch.-wise: one heatmap channel per instance, a soft-argmax keypoint each, MIST's task network.",
     "air": "Esl16: Attend-Infer-Repeat, a sequential variational model (one object per step).",

@@ -15,8 +15,11 @@ useful patch to the strongest evidence no patch explains, and keeps the move whe
   accept      per image, when the task loss (not the lifted objective: a relocation is a jump, not a small step)
               at the proposal is below that at the current keypoints. `relocations` rounds per step, each one task
               forward for the evidence and one for the proposal.
-The heatmap is then regressed to G of the accepted keypoints, as in Algorithm 1's line 5. Everything else (networks,
-presets, E_K, S, S^-1, G, the tau and eta steps) is MIST's, and so is prediction.
+Then `centre_steps` rounds of mean-shift move every patch to the ink centroid of what it covers: the task loss is
+content with a patch on part of a digit (a classifier reads a digit off-centre, a decoder copies half a digit), the
+detection metric is not, and the ink prior is the one the k-means floor uses.
+The heatmap is then regressed to G of these keypoints, as in Algorithm 1's line 5. Everything else (networks,
+presets, E_K, S, S^-1, G, the tau and eta steps, eq. 9's loss) is MIST's, and so is prediction.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ __all__ = ["MISTReach", "MISTReachConfig", "window_sum"]
 class MISTReachConfig(MISTConfig):
     relocations: int = Field(1, ge=0)         # relocation rounds per training step (0: MIST's x step alone)
     dup_dist: float = Field(0.5, ge=0)        # two centres closer than this x the patch side share a digit
-    centre_steps: int = Field(0, ge=0)        # mean-shift rounds: each patch's centre to its window's ink centroid
+    centre_steps: int = Field(2, ge=0)        # mean-shift rounds after relocation: each centre to its ink centroid
 
 
 def window_sum(maps: Tensor, side: int) -> Tensor:

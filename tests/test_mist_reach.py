@@ -76,10 +76,25 @@ def test_zero_relocations_is_mists_keypoint_step():
     torch.manual_seed(0)
     from test_contract import tiny_batch
     batch = tiny_batch()
-    reach = MISTReach(MISTReach.make_config("smoke", {"relocations": 0}), SPEC, "recon")
+    reach = MISTReach(MISTReach.make_config("smoke", {"relocations": 0, "centre_steps": 0}), SPEC, "recon")
     mist = MIST(MIST.make_config("smoke", {}), SPEC, "recon")
     mist.load_state_dict(reach.state_dict())
     _, _, kp0, scores = reach.detect(batch.images)
     x_r, loss_r, stats = reach.keypoint_targets(batch, kp0, scores)
     x_m, loss_m, _ = mist.keypoint_targets(batch, kp0, scores)
     assert torch.allclose(x_r, x_m) and torch.allclose(loss_r, loss_m) and float(stats["relocated"]) == 0.0
+
+
+def test_centring_moves_a_patch_onto_its_squares_centre():
+    m = MISTReach(MISTReach.make_config("smoke", {"k": 2, "sizes": [12.0], "patch_res": 16}), SPEC, "recon")
+    images = torch.zeros(1, 1, 40, 40)
+    images[0, 0, 4:16, 4:16] = 1.0                                                  # square, centre (10, 10)
+    batch = Batch(images, torch.tensor([[1, -1]]), torch.zeros(1, 2, 4), torch.tensor([1]))
+    x = torch.tensor([[[14.0, 7.0, 12.0], [30.0, 30.0, 12.0]]])                     # on a corner; on no ink
+    centre, dist = torch.tensor([10.0, 10.0]), []
+    for _ in range(10):
+        dist.append(float((x[0, 0, :2] - centre).norm()))
+        x = m.centre(batch, x)
+    assert all(b < a for a, b in zip(dist, dist[1:]))                               # every round closer
+    assert torch.allclose(x[0, 0, :2], centre, atol=0.25)
+    assert torch.equal(x[0, 1], torch.tensor([30.0, 30.0, 12.0]))                   # no ink: no move
