@@ -214,11 +214,18 @@ def run_rung(rung: str, task: str, seed: int, steps: int, eval_every: int, threa
 def _table(rows: list[dict[str, Any]]) -> str:
     keys = [("rmse", "RMSE"), ("det_rate", "det@.5"), ("cls_acc", "classif."), ("both", "Both"),
             ("gt_to_kp_px", "digit->kp px"), ("gt_far_4px", "digits >4 px"), ("close_pairs_10px", "pairs <10 px"), ("det_after_x", "det of x")]
-    out = ["| task | rung | seeds | steps | " + " | ".join(k[1] for k in keys) + " | best det (step) | s/step |",
-           "|---|---|---|---|" + "---|" * len(keys) + "---|---|"]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    out = ["| task | rung | seeds | steps | " + " | ".join(k[1] for k in keys) + " | best det (step) | s/step | "
+           "core-s/step |", "|---|---|---|---|" + "---|" * len(keys) + "---|---|---|"]
+    # runs of one configuration, however it was spelled (a preset's value or the same override); fields that only
+    # some runs of a (task, rung) record (the method gained a field in between) do not split them
+    fields: dict[tuple[str, str], set[str]] = {}
     for r in rows:
-        groups.setdefault((r["task"], r["rung"], json.dumps(r.get("overrides", {}), sort_keys=True)), []).append(r)
+        keys_r = set(r.get("method_config", {}))
+        fields[r["task"], r["rung"]] = fields.get((r["task"], r["rung"]), keys_r) & keys_r
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        config = {k: r["method_config"][k] for k in fields[r["task"], r["rung"]]}
+        groups.setdefault((r["task"], r["rung"], json.dumps(config, sort_keys=True)), []).append(r)
     for (task, rung, _), rs in sorted(groups.items()):
         cells = []
         for k, _ in keys:
@@ -226,10 +233,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
             cells.append("-" if not v else f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}")
         best = [max((h.get("det_rate", 0.0), h["step"]) for h in r["history"]) for r in rs]
         sps = np.mean([r["final"]["seconds"] / max(r["final"]["step"], 1) for r in rs])
-        label = rung + "".join(f" {k}={v}" for k, v in rs[0].get("overrides", {}).items())
+        cps = np.mean([r["final"]["core_seconds"] / max(r["final"]["step"], 1) for r in rs])
+        common = [set(r.get("overrides", {}).items()) for r in rs]
+        label = rung + "".join(f" {k}={v}" for k, v in sorted(set.intersection(*common)))
         out.append(f"| {task} | {label} | {','.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | "
                    + " | ".join(cells) + " | " + ", ".join(f"{d:.3f} ({int(s)})" for d, s in best)
-                   + f" | {sps:.2f} |")
+                   + f" | {sps:.2f} | {cps:.2f} |")
     return "\n".join(out)
 
 
