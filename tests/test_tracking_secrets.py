@@ -117,6 +117,29 @@ def test_trials_get_the_credential_through_the_environment(monkeypatch):
     assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
+def test_a_transient_refusal_is_retried_and_others_are_not(monkeypatch):
+    """SQLite's "database is locked" and a server's exhausted connection pool (a 400 that wrote nothing) are tried
+    again; any other error is raised at once."""
+    from sweeps import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky(message):
+        calls.append(message)
+        if len(calls) < 3:
+            raise RuntimeError(message)
+        return "logged"
+    for message in ("database is locked", "RestException: BAD_REQUEST: QueuePool limit of size 5 overflow 10 "
+                                          "reached, connection timed out, timeout 30.00"):
+        calls.clear()
+        assert tracking._retry(flaky, message) == "logged" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(RuntimeError, match="INVALID_PARAMETER_VALUE"):
+        tracking._retry(flaky, "RestException: INVALID_PARAMETER_VALUE: bad metric")
+    assert len(calls) == 1
+
+
 def test_refused_tracking_uri_is_named_without_its_credential(tmp_path):
     """plan() refuses an MLflow URI it cannot use (here an unknown scheme, and a SQLite file under a regular file)
     naming it, redacted."""
