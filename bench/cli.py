@@ -28,7 +28,7 @@ from bench.settings import Settings
 from sweeps.command import Parser
 from sweeps.results import write_atomic
 
-__all__ = ["main", "parse_args", "settings_from_args", "write_json_atomic"]
+__all__ = ["main", "parse_args", "settings_from_args", "write_json_atomic", "finite_json"]
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: every usable core; --tiny 1)")
     ap.add_argument("--sweep-trials", type=int, help="trials of the `sweep` item (default: 2 per core; --tiny 2)")
     ap.add_argument("--sweep-seconds", type=float, help="training seconds per sweep trial (default 10; --tiny 1)")
+    ap.add_argument("--concurrency-seconds", type=float, help="measuring window per concurrency level (default 10; "
+                    "--tiny 2)")
+    ap.add_argument("--time-limit", type=float, help="seconds from the start: `host` and `concurrency` skip the "
+                    "cases that would end later (a row says so), so what was measured is written in time")
     ap.add_argument("--tiny", action="store_true", help="everything shrunk to seconds (tests)")
     ap.add_argument("--out", required=True, help="the JSON file to write (its directory is created)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -73,6 +77,10 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         changes["sweep_trials"] = a.sweep_trials
     if a.sweep_seconds is not None:
         changes["sweep_seconds"] = a.sweep_seconds
+    if a.concurrency_seconds is not None:
+        changes["concurrency_seconds"] = a.concurrency_seconds
+    if a.time_limit is not None:
+        changes["deadline"] = time.time() + a.time_limit
     return s.replace(**changes)
 
 
@@ -102,25 +110,29 @@ def _validate(a: argparse.Namespace, s: Settings) -> None:
     if s.threads is not None and s.threads < 1:
         raise ValueError(f"--threads: must be >= 1, got {s.threads}")
     # the checks every entry point shares (sweeps.preflight)
-    problems = nonfinite_problems(s.sweep_seconds, "--sweep-seconds") + device_problems(s.device, field="--device")
+    if s.concurrency_seconds <= 0 or (a.time_limit is not None and a.time_limit <= 0):
+        raise ValueError("--concurrency-seconds and --time-limit must be > 0")
+    problems = (nonfinite_problems(s.sweep_seconds, "--sweep-seconds")
+                + nonfinite_problems(s.concurrency_seconds, "--concurrency-seconds")
+                + nonfinite_problems(a.time_limit, "--time-limit") + device_problems(s.device, field="--device"))
     if problems:
         raise ValueError("; ".join(problems))
 
 
-def _finite(x):
+def finite_json(x):
     """JSON has no NaN/inf: they become null (and are easy to spot)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: finite_json(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        return [finite_json(v) for v in x]
     return x
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
     """`data` as JSON (non-finite floats as null), written atomically (sweeps.results.write_atomic)."""
-    write_atomic(path, (json.dumps(_finite(data), indent=1, allow_nan=False) + "\n").encode())
+    write_atomic(path, (json.dumps(finite_json(data), indent=1, allow_nan=False) + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ On the CPU the same code runs (each worker one thread), which is what the test s
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -22,6 +23,7 @@ import traceback
 
 import torch
 
+from bench.rows import emit
 from bench.settings import Settings
 from bench.timing import sync
 
@@ -32,7 +34,12 @@ TINY_LEVELS = (1, 2)
 
 
 def _worker(method: str, task: str, scale: str, device: str, threads: int, seconds: float, warmup: int,
-            ready, go, out) -> None:  # noqa: ANN001 - multiprocessing primitives
+            ready, go, out, n: int, index: int, parent: int) -> None:  # noqa: ANN001 - multiprocessing primitives
+    from bench.orphans import die_with_parent
+    from bench.rows import emit
+
+    die_with_parent(parent)
+    case = {"method": method, "task": task, "scale": scale, "n": n, "worker": index}
     try:
         from bench.workload import make_workload
         from mist_core._runtime import configure_torch
@@ -57,11 +64,14 @@ def _worker(method: str, task: str, scale: str, device: str, threads: int, secon
         sync(w.method.device)
         wall = time.perf_counter() - t0
         mem = torch.cuda.max_memory_allocated(w.method.device) / 2**20 if w.method.device.type == "cuda" else None
-        out.put({"steps": steps, "seconds": wall, "images": steps * w.batch_size, "graph": w.runner.captured,
-                 "peak_gpu_mem_mb": mem})
+        row = {"steps": steps, "seconds": wall, "images": steps * w.batch_size, "graph": w.runner.captured,
+               "peak_gpu_mem_mb": mem}
+        emit("concurrency", "worker", {**case, **row})   # kept now, whatever happens to the other workers
+        out.put(row)
     except Exception as e:  # noqa: BLE001 - reported, not raised in a child
         traceback.print_exc(file=sys.stderr)
         ready.put(None)
+        emit("concurrency", "error", {**case, "error": f"{type(e).__name__}: {e}"})
         out.put({"error": f"{type(e).__name__}: {e}"})
 
 
@@ -70,7 +80,7 @@ def measure(n: int, method: str, task: str, scale: str, s: Settings, seconds: fl
     ctx = mp.get_context("spawn")
     ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=_worker, args=(method, task, scale, s.device, s.threads or 1, seconds, s.warmup,
-                                               ready, go, out), daemon=True) for _ in range(n)]
+                                               ready, go, out, n, i, os.getpid()), daemon=True) for i in range(n)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -91,18 +101,35 @@ def measure(n: int, method: str, task: str, scale: str, s: Settings, seconds: fl
 
 
 def run(s: Settings) -> dict:
-    """MIST recon (Table 1's task, the most trials of a paper sweep) at each scale, N = 1, 2, 4, 8 (tiny: 1, 2)."""
+    """MIST recon (Table 1's task, the most trials of a paper sweep) at each scale, N = 1, 2, 4, 8 (tiny: 1, 2).
+    Each worker's count is appended to $MIST_BENCH_ROWS as it finishes, each level's row when all have; with a
+    deadline, a level whose estimate (the previous level's time, times N / its N) would end after it is skipped, with
+    a row that says so."""
     levels = TINY_LEVELS if s.tiny else LEVELS
-    seconds = 2.0 if s.tiny else 10.0
+    seconds = s.concurrency_seconds
     method, task = "mist", "recon"
     rows = []
     for scale in s.scales:
         base = None
+        last: tuple[int, float] | None = None           # (N, seconds) of the previous level
         for n in levels:
+            case = {"method": method, "task": task, "scale": scale, "n": n}
+            est = last[1] * max(n / last[0], 1.0) if last else None
+            if s.deadline is not None and est is not None and time.time() + est > s.deadline:
+                row = {**case, "skipped": f"needs about {est:.0f} s, {max(s.deadline - time.time(), 0):.0f} s left "
+                                          "before the phase's deadline"}
+                print(f"[bench] concurrency: {n} x {method}/{task} at {scale} skipped: {row['skipped']}",
+                      file=sys.stderr, flush=True)
+                rows.append(row)
+                emit("concurrency", "skipped", row)
+                continue
             print(f"[bench] concurrency: {n} x {method}/{task} at {scale}", file=sys.stderr, flush=True)
-            row = {"method": method, "task": task, "scale": scale, **measure(n, method, task, scale, s, seconds)}
+            t0 = time.perf_counter()
+            row = {**case, **measure(n, method, task, scale, s, seconds)}
+            last = (n, time.perf_counter() - t0)
             if "error" not in row:
                 base = base or row["images_per_s"]
                 row["speedup"] = row["images_per_s"] / base
             rows.append(row)
+            emit("concurrency", "error" if "error" in row else "row", {**row, "device": s.device, "seconds": seconds})
     return {"device": s.device, "seconds": seconds, "levels": list(levels), "rows": rows}

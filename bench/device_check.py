@@ -1,105 +1,274 @@
-"""The whole GPU check in one call with a deadline: host work and step times of every method at two scales (graph and
-eager), the concurrency curve, and the paper check's three parts in parallel with whatever time is left; one JSON,
-then the tables.
+"""The whole GPU check in one device call that keeps every row it measured: host work and step times of every method
+(graph and eager), the concurrency curve, and the paper check's three parts; tables from whatever rows exist.
 
-    python -m bench.device_check [--device cuda] [--scale paper|smoke] [--budget 530] [--out FILE.json]
+    python -m bench.device_check [--device cuda] [--scale paper|smoke] [--budget 360] [--out-dir DIR]
+    python -m bench.device_check --plan [--budget 360]        # the phases and their seconds; runs nothing
+    python -m bench.device_check tables DIR/rows.jsonl        # the tables from the rows of a run, however it ended
 
-Phases, each a subprocess with its own time cap (one that hangs or fails loses only its own numbers):
-  1. python -m bench --only host         every learning method, quick and paper, graph and eager on CUDA (20%)
-  2. python -m bench.paper_check --parallel --time-limit <the rest less phase 3's share>  (skipped under MIN_PAPER_S)
-  3. python -m bench --only concurrency  1, 2, 4, 8 MIST recon trials on the device (22%)
-`--scale smoke --device cpu` runs the same phases shrunk to seconds (the test suite does). bench/device_check.sh runs
-this on a lent GPU machine with carried wheels.
+Every measurement is appended to DIR/rows.jsonl the moment it exists (bench.rows: flushed and fsync'd, also from
+the phases' own processes and the concurrency phase's workers as each finishes), so a time limit, a crash or a
+signal loses at most the measurement under way. Each phase is a subprocess with its own deadline (its share of
+--budget, or the time left if less): inside it, `host` and `concurrency` skip the cases that would end after it and
+the paper check cuts its step budgets to it; past it (plus a few seconds' grace) the phase is stopped. A phase whose
+time does not fit is skipped with a row saying so. At the end, also after SIGTERM, SIGINT or an error, the tables
+are printed and written (DIR/tables.md, DIR/device_check.json) from the rows. After a SIGKILL, `tables` prints them.
+`--scale smoke --device cpu` runs the same phases shrunk to seconds (the test suite does). bench/device_check.sh
+runs this on a lent GPU machine with carried wheels.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.cli import write_json_atomic
+from bench.orphans import die_with_parent
+from bench.rows import ROWS_ENV, append, read
 
-__all__ = ["main", "bench_argv"]
+__all__ = ["main", "PHASES", "plan", "render_rows", "bench_argv"]
 
-MIN_PAPER_S = 120.0      # a paper check with less time would train almost nothing
-
-
-HOST_SHARE, CONCURRENCY_SHARE = 0.20, 0.22
+DEFAULT_BUDGET_S = 360.0   # one device call's share: a second call still fits a task's 15 minutes with two starts
+GRACE_S = 10.0             # past a phase's deadline: time for its process to write what it has before it is stopped
 
 
-def bench_argv(item: str, device: str, scale: str, out: Path) -> list[str]:
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    share: float           # of --budget
+    min_paper_s: float     # at paper scale, less time than this is not worth starting: skipped, saying why
+    what: str
+
+
+PHASES: tuple[Phase, ...] = (
+    Phase("host", 0.28, 20.0, "every learning method at quick and paper scale, CUDA graph and eager: ms/step, "
+          "aten ops, launches, sync calls, kernel share"),
+    Phase("concurrency", 0.17, 25.0, "1, 2, 4, 8 concurrent MIST recon trials on the device (5 s windows): "
+          "aggregate images/s"),
+    Phase("paper_check", 0.45, 90.0, "MIST classify, MIST recon, grid recon at paper scale, in parallel processes, "
+          "full fp32, step budgets cut to the time"),
+)
+RESERVE_SHARE = 1.0 - sum(p.share for p in PHASES)   # the interpreter's start, machine info, tables, the copy back
+
+
+class Interrupted(BaseException):
+    """A signal ended the check: the finally block still stops the phase and prints the tables."""
+
+
+def plan(budget: float) -> list[tuple[str, float, str]]:
+    """(phase, seconds, what) for each phase, then the reserve; the seconds add up to `budget`."""
+    return [(p.name, p.share * budget, p.what) for p in PHASES] + [
+        ("reserve", RESERVE_SHARE * budget, "interpreter start, machine info, tables (not a phase)")]
+
+
+def plan_text(budget: float, device: str, scale: str) -> str:
+    rows = plan(budget)
+    lines = [f"device_check plan (nothing run): device {device}, scale {scale}, budget {budget:g} s",
+             "| phase | seconds | what |", "|---|---|---|"]
+    lines += [f"| {n} | {s:.0f} | {w} |" for n, s, w in rows]
+    lines.append(f"device seconds in all: {sum(s for _, s, _ in rows):.0f} (the machine's start not included)")
+    return "\n".join(lines)
+
+
+def bench_argv(item: str, device: str, scale: str, out: Path, time_limit: float) -> list[str]:
     """`python -m bench` for one item: smoke shrinks it to seconds (--tiny); else host at quick and paper (5 timed,
-    2 warm-up, 3 profiled steps each), concurrency at paper."""
+    2 warm-up, 3 profiled steps each), concurrency at paper with 5 s windows."""
+    common = ["--device", device, "--out", str(out), "--time-limit", f"{time_limit:.0f}"]
     if scale == "smoke":
-        return ["bench", "--only", item, "--device", device, "--tiny", "--out", str(out)]
-    scales = "quick,paper" if item == "host" else "paper"
-    return ["bench", "--only", item, "--device", device, "--scales", scales, "--warmup", "2", "--repeats", "5",
-            "--out", str(out)]
+        return ["bench", "--only", item, "--tiny", *common]
+    if item == "host":
+        return ["bench", "--only", "host", "--scales", "quick,paper", "--warmup", "2", "--repeats", "5", *common]
+    return ["bench", "--only", item, "--scales", "paper", "--concurrency-seconds", "5", *common]
 
 
-def run_phase(name: str, argv: list[str], cap: float) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    print(f"[device_check] {name}: up to {cap:.0f} s", file=sys.stderr, flush=True)
+def phase_argv(name: str, device: str, scale: str, out_dir: Path, time_limit: float) -> list[str]:
+    out = out_dir / f"{name}.json"
+    if name in ("host", "concurrency"):
+        return bench_argv(name, device, scale, out, time_limit)
+    argv = ["bench.paper_check", "--device", device, "--scale", scale, "--parallel", "--time-limit",
+            f"{time_limit:.0f}", "--out", str(out)]
+    return argv + (["--steps", "4", "--threads", "1"] if scale == "smoke" else [])
+
+
+def log(msg: str) -> None:
+    print(f"[device_check] {msg}", file=sys.stderr, flush=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 5 s: its own children die with it (bench.orphans)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def run(a: argparse.Namespace) -> int:
+    from bench.machine import machine_info
+
+    t_start = time.time()
+    out_dir = Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = out_dir / "rows.jsonl"
+    rows_path.unlink(missing_ok=True)                 # one run's rows per directory
+    os.environ[ROWS_ENV] = str(rows_path)             # the phases' processes append their rows here
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    deadline = t_start + a.budget
+    budgets = {n: s for n, s, _ in plan(a.budget)}
+    append(rows_path, {"phase": "device_check", "kind": "start", "t": t_start, "device": a.device, "scale": a.scale,
+                       "budget_s": a.budget, "plan": budgets, "machine": machine_info(a.device)})
+    proc: subprocess.Popen | None = None
+    status, failed = "finished", []
     try:
-        proc = subprocess.run([sys.executable, "-m", *argv], timeout=cap)
-        code: int | str = proc.returncode
-    except subprocess.TimeoutExpired:
-        code = "timeout"
-    seconds = time.perf_counter() - t0
-    print(f"[device_check] {name}: {code} after {seconds:.0f} s", file=sys.stderr, flush=True)
-    return {"exit": code, "seconds": seconds}
+        for p in PHASES:
+            left = deadline - time.time() - budgets["reserve"] / 2       # keep time for the tables
+            cap = min(budgets[p.name], left)
+            need = p.min_paper_s if a.scale == "paper" else 1.0
+            if cap < need:
+                why = f"{max(cap, 0):.0f} s left for it, under the {need:.0f} s it needs"
+                log(f"{p.name}: skipped ({why})")
+                append(rows_path, {"phase": p.name, "kind": "phase", "t": time.time(), "exit": "skipped",
+                                   "reason": why, "budget_s": cap})
+                continue
+            log(f"{p.name}: up to {cap:.0f} s")
+            append(rows_path, {"phase": p.name, "kind": "phase_start", "t": time.time(), "budget_s": cap})
+            t0 = time.time()
+            proc = subprocess.Popen([sys.executable, "-m", *phase_argv(p.name, a.device, a.scale, out_dir, cap - 5)],
+                                    preexec_fn=die_with_parent)
+            try:
+                code: int | str = proc.wait(timeout=cap + GRACE_S)
+            except subprocess.TimeoutExpired:
+                _stop(proc)
+                code = "timeout"
+            proc = None
+            log(f"{p.name}: {code} after {time.time() - t0:.0f} s")
+            append(rows_path, {"phase": p.name, "kind": "phase", "t": time.time(), "exit": code,
+                               "seconds": time.time() - t0, "budget_s": cap})
+            if code != 0:
+                failed.append(p.name)
+    except Interrupted as e:
+        status = f"interrupted by {e}"
+        log(status)
+    except Exception as e:  # noqa: BLE001 - the rows so far still become tables
+        status = f"error: {type(e).__name__}: {e}"
+        log(status)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)      # the tables are written once, whatever arrives now
+        if proc is not None:
+            _stop(proc)
+        append(rows_path, {"phase": "device_check", "kind": "end", "t": time.time(), "status": status,
+                           "seconds": time.time() - t_start})
+        finish(out_dir, rows_path)
+    return 0 if status == "finished" and not failed else 1
+
+
+def finish(out_dir: Path, rows_path: Path) -> None:
+    """device_check.json (every row) and tables.md beside the rows, the tables on stdout."""
+    from bench.cli import write_json_atomic
+    from sweeps.results import write_atomic
+
+    rows = read(rows_path)
+    write_json_atomic(out_dir / "device_check.json", {"schema": 2, "rows": rows})
+    text = render_rows(rows)
+    write_atomic(out_dir / "tables.md", text.encode())
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+# --- tables from rows ------------------------------------------------------------------------------------------------
+def _of(rows: list[dict], phase: str, *kinds: str) -> list[dict]:
+    return [r for r in rows if r.get("phase") == phase and r.get("kind") in kinds]
+
+
+def render_rows(rows: list[dict]) -> str:
+    """Markdown: what ran (each phase's exit, seconds, or why skipped), then a table per phase of its rows."""
+    from bench.table import _n, _table, concurrency_md, host_md, machine_line
+
+    start = next((r for r in rows if r.get("kind") == "start"), None)
+    end = next((r for r in rows if r.get("phase") == "device_check" and r.get("kind") == "end"), None)
+    out = []
+    if start:
+        out.append(machine_line(start["machine"]))
+        out.append(f"Device check at {start['scale']} scale on {start['device']}, budget {start['budget_s']:g} s; "
+                   + (f"{end['status']} after {end['seconds']:.0f} s." if end else
+                      "no end row: the check was killed (these are the rows written before)."))
+    phases = [[r["phase"], _n(r.get("budget_s")), str(r["exit"]), _n(r.get("seconds")), r.get("reason", "")]
+              for r in rows if r.get("kind") == "phase"]
+    started = {r["phase"] for r in rows if r.get("kind") == "phase_start"} - {x[0] for x in phases}
+    phases += [[p, "-", "did not finish", "-", "stopped while it ran"] for p in sorted(started)]
+    out.append("### Phases\n\n" + _table(phases, ["phase", "budget s", "exit", "seconds", "note"]))
+
+    host = _of(rows, "host", "row", "error", "skipped")
+    if host:
+        out.append(host_md({"dataset": "mnist_hard", "device": host[0].get("device", "-"),
+                            "profile_steps": host[0].get("profile_steps", "-"), "rows": host}))
+    levels = _of(rows, "concurrency", "row", "skipped") + [r for r in _of(rows, "concurrency", "error")
+                                                            if "worker" not in r]
+    if levels:
+        out.append(concurrency_md({"device": levels[0].get("device", "-"), "seconds": levels[0].get("seconds", 0),
+                                   "rows": levels}))
+    done = {r["n"] for r in levels}
+    workers = [r for r in _of(rows, "concurrency", "worker", "error") if "worker" in r and r["n"] not in done]
+    if workers:
+        out.append("### Concurrent workers of levels that did not finish\n\n" + _table(
+            [[r["n"], r["worker"], f"error: {r['error']}" if "error" in r else r["steps"],
+              _n(r["images"] / r["seconds"]) if "error" not in r else "", _n(r.get("peak_gpu_mem_mb"))]
+             for r in workers], ["trials", "worker", "steps", "images/s", "peak memory (MB)"]))
+    parts = _of(rows, "paper_check", "part")
+    timing = {r["part"]: r for r in _of(rows, "paper_check", "timing")}
+    if parts or timing:
+        table = []
+        for name in sorted({*timing, *(r["part"] for r in parts)}):
+            r = next((x for x in parts if x["part"] == name), {})
+            t, m = timing.get(name, {}), r.get("metrics", {})
+            table.append([name, _n(t.get("step_ms")), "yes" if t.get("graph") else "no", _n(t.get("kernel_share")),
+                          r.get("steps", "not finished"), _n(r.get("images_per_s")), _n(m.get("det_rate")),
+                          _n(m.get("both")), _n(m.get("rmse")), _n(r.get("peak_gpu_mem_mb"))])
+        out.append("### Paper check parts\n\n" + _table(table, [
+            "part", "ms/step (timed)", "CUDA graph", "kernel share", "steps", "images/s", "detection", "Both", "RMSE",
+            "peak GPU MB"]))
+    return "\n\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tables"]:
+        tp = argparse.ArgumentParser(prog="python -m bench.device_check tables",
+                                     description="the tables from a device check's rows, however it ended")
+        tp.add_argument("rows", help="rows.jsonl of a device check")
+        path = Path(tp.parse_args(argv[1:]).rows)
+        if not path.exists():
+            tp.error(f"{path}: no such file")
+        sys.stdout.write(render_rows(read(path)))
+        return 0
     ap = argparse.ArgumentParser(prog="python -m bench.device_check", description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--scale", default="paper", choices=("paper", "smoke"))
-    ap.add_argument("--budget", type=float, default=530.0, help="seconds for everything (the device call's limit "
-                    "less the machine's start)")
-    ap.add_argument("--out", default="bench/results/device_check.json")
+    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for everything, from the first "
+                    f"import to the tables (default {DEFAULT_BUDGET_S:g})")
+    ap.add_argument("--out-dir", default="bench/results/device_check", help="rows.jsonl, device_check.json, "
+                    "tables.md and each phase's JSON")
+    ap.add_argument("--plan", action="store_true", help="print the phases and their seconds; run nothing")
     a = ap.parse_args(argv)
-    t_start = time.perf_counter()
-    result: dict[str, Any] = {"schema": 1, "command": ["python", "-m", "bench.device_check", *(argv or sys.argv[1:])],
-                              "device": a.device, "scale": a.scale, "budget_s": a.budget, "phases": {}}
-    with tempfile.TemporaryDirectory(prefix="device_check_") as tmp:
-        out = {name: Path(tmp) / f"{name}.json" for name in ("host", "paper_check", "concurrency")}
-
-        def keep(name: str) -> None:
-            if out[name].exists():
-                result[name] = json.loads(out[name].read_text())
-
-        result["phases"]["host"] = run_phase("host", bench_argv("host", a.device, a.scale, out["host"]),
-                                             HOST_SHARE * a.budget)
-        keep("host")
-        left = a.budget - (time.perf_counter() - t_start) - CONCURRENCY_SHARE * a.budget - 15
-        if left >= MIN_PAPER_S or a.scale == "smoke":
-            argv_pc = ["bench.paper_check", "--device", a.device, "--scale", a.scale, "--parallel",
-                       "--time-limit", f"{max(left, 30):.0f}", "--out", str(out["paper_check"])]
-            if a.scale == "smoke":
-                argv_pc += ["--steps", "4", "--threads", "1"]
-            result["phases"]["paper_check"] = run_phase("paper_check", argv_pc, max(left, 30) + 60)
-            keep("paper_check")
-        else:
-            result["phases"]["paper_check"] = {"exit": "skipped", "reason": f"{left:.0f} s left, under {MIN_PAPER_S:g}"}
-        cap = max(a.budget - (time.perf_counter() - t_start) - 5, 30)
-        result["phases"]["concurrency"] = run_phase(
-            "concurrency", bench_argv("concurrency", a.device, a.scale, out["concurrency"]), cap)
-        keep("concurrency")
-    result["total_seconds"] = time.perf_counter() - t_start
-    write_json_atomic(a.out, result)
-    print(f"[device_check] wrote {a.out} after {result['total_seconds']:.0f} s", file=sys.stderr, flush=True)
-    from bench.table import render
-
-    for name in ("host", "concurrency"):
-        if name in result:
-            print(render(result[name]))
-    failed = [n for n, p in result["phases"].items() if p["exit"] not in (0, "skipped")]
-    return 1 if failed else 0
+    if not 0 < a.budget < float("inf"):
+        ap.error(f"--budget must be a finite number > 0, got {a.budget}")
+    if a.plan:
+        print(plan_text(a.budget, a.device, a.scale))
+        return 0
+    return run(a)
 
 
 if __name__ == "__main__":

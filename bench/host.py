@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 import traceback
 from collections import Counter
 from typing import Callable
@@ -28,6 +29,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from bench.rows import emit
 from bench.settings import Settings
 from bench.timing import sync, time_calls
 from bench.workload import build, load_case, method_tasks
@@ -91,19 +93,36 @@ def measure(method: str, task: str, scale: str, s: Settings, graphs: bool) -> di
 
 
 def run(s: Settings) -> dict:
-    """Every (method, task) that learns at each scale; on CUDA in both modes (graph and eager)."""
+    """Every (method, task) that learns at each scale; on CUDA in both modes (graph and eager). Each row is also
+    appended to $MIST_BENCH_ROWS as soon as it is measured (bench.rows); with a deadline, a case whose estimate (the
+    slowest case so far at its scale and mode) would end after it is skipped with a row that says so."""
     rows = []
     cuda = s.device.startswith("cuda")
     cases = [(m, t) for m, t in method_tasks(s.methods) if get_method(m).learns]
+    took: dict[tuple[str, bool], float] = {}             # (scale, graphs) -> the slowest case's seconds so far
     for scale in s.scales:
         for method, task in cases:
             for graphs in ((True, False) if cuda else (False,)):
+                case = {"method": method, "task": task, "scale": scale, "mode": "graph" if graphs else "eager"}
+                est = took.get((scale, graphs))
+                if s.deadline is not None and est is not None and time.time() + est > s.deadline:
+                    row = {**case, "skipped": f"needs about {est:.0f} s, {max(s.deadline - time.time(), 0):.0f} s "
+                                              "left before the phase's deadline"}
+                    print(f"[bench] host: {method}/{task} at {scale} ({case['mode']}) skipped: {row['skipped']}",
+                          file=sys.stderr, flush=True)
+                    rows.append(row)
+                    emit("host", "skipped", row)
+                    continue
                 print(f"[bench] host: {method}/{task} at {scale}{' graphs' if graphs else ''}", file=sys.stderr,
                       flush=True)
-                case = {"method": method, "task": task, "scale": scale}
+                t0 = time.perf_counter()
                 try:
-                    rows.append({**case, **measure(method, task, scale, s, graphs)})
+                    row = {**case, **measure(method, task, scale, s, graphs), "device": s.device,
+                           "profile_steps": s.profile_steps}
                 except Exception as e:  # noqa: BLE001 - one method failing must not lose the others' numbers
                     traceback.print_exc(file=sys.stderr)
-                    rows.append({**case, "mode": "graph" if graphs else "eager", "error": f"{type(e).__name__}: {e}"})
+                    row = {**case, "error": f"{type(e).__name__}: {e}"}
+                took[(scale, graphs)] = max(took.get((scale, graphs), 0.0), time.perf_counter() - t0)
+                rows.append(row)
+                emit("host", "error" if "error" in row else "row", row)
     return {"dataset": s.dataset, "device": s.device, "profile_steps": s.profile_steps, "rows": rows}

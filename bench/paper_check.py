@@ -37,6 +37,8 @@ from torch import Tensor
 from bench.cli import write_json_atomic
 from bench.host import count_host
 from bench.machine import machine_info
+from bench.orphans import die_with_parent
+from bench.rows import emit
 from bench.timing import sync
 from mist_core.config import ConfigError
 from mist_core.data import DataError, load_splits
@@ -341,6 +343,7 @@ def run_parts(a: argparse.Namespace, rs: dict[str, Resolved], splits: Splits, pa
         timing[p] = {**time_part(trainers[p], warmup, max(1, min(a.timing_steps, room - warmup)), a.profile_steps),
                      "compile_error": compile_error}
         log(f"timing {p}: {timing[p]}")
+        emit("paper_check", "timing", {"part": p, **timing[p]})
 
     # one factor for every part: each trains the same share of its schedule, so MIST and grid stay comparable
     margin = 0.05 * a.time_limit + 5
@@ -371,6 +374,7 @@ def run_parts(a: argparse.Namespace, rs: dict[str, Resolved], splits: Splits, pa
                       "eval_images": n_eval, "metrics": mets, "losses": tr.loss_windows(),
                       "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
         log(f"{p}: {tr.step} steps, " + ", ".join(f"{k} {mets[k]:.4g}" for k in PAPER[p] if k in mets))
+        emit("paper_check", "part", {"part": p, "device": a.device, "scale": a.scale, **results[p]})
         del tr
     return timing, cut, results
 
@@ -392,8 +396,8 @@ def run_parallel(a: argparse.Namespace, left: float) -> tuple[dict, dict, dict]:
     limit = max(left - 10, 1.0)                  # the children's own start-up and this merge
     with tempfile.TemporaryDirectory(prefix="paper_check_") as tmp:
         outs = {p: Path(tmp) / f"{p}.json" for p, _, _ in PARTS}
-        procs = {p: subprocess.Popen([sys.executable, "-m", "bench.paper_check", *child_argv(a, p, limit, outs[p])])
-                 for p, _, _ in PARTS}
+        procs = {p: subprocess.Popen([sys.executable, "-m", "bench.paper_check", *child_argv(a, p, limit, outs[p])],
+                                     preexec_fn=die_with_parent) for p, _, _ in PARTS}
         codes = {}
         for p, proc in procs.items():
             try:

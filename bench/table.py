@@ -128,8 +128,9 @@ def data_md(r: dict) -> str:
 def host_md(r: dict) -> str:
     rows = []
     for x in r["rows"]:
-        if "error" in x:
-            rows.append([x["method"], x["task"], x["scale"], x.get("mode", "-"), f"error: {x['error']}"] + [""] * 6)
+        if "error" in x or "skipped" in x:
+            why = f"error: {x['error']}" if "error" in x else f"skipped: {x['skipped']}"
+            rows.append([x["method"], x["task"], x["scale"], x.get("mode", "-"), why] + [""] * 6)
             continue
         rows.append([x["method"], x["task"], x["scale"], x["mode"], _n(x["aten_ops"]), _n(x["host_reads"]),
                      _n(x.get("launches")), _n(x.get("sync_calls")), _pct(x.get("kernel_share")), _n(x["step_ms"]),
@@ -140,7 +141,8 @@ def host_md(r: dict) -> str:
 
 
 def concurrency_md(r: dict) -> str:
-    rows = [[x["method"], x["task"], x["scale"], x["n"], f"error: {x['error']}", "", "", "", ""] if "error" in x else
+    rows = [[x["method"], x["task"], x["scale"], x["n"], f"error: {x['error']}" if "error" in x else
+             f"skipped: {x['skipped']}", "", "", "", ""] if "error" in x or "skipped" in x else
             [x["method"], x["task"], x["scale"], x["n"], _n(x["images_per_s"]), _n(x["per_trial_images_per_s"]),
              _n(x["speedup"], 2), "yes" if x["graph"] else "no", _n(x["peak_gpu_mem_mb"])] for x in r["rows"]]
     return (f"### Concurrent trials on one device ({r['device']}, {r['seconds']:g} s each)\n\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,9 +154,10 @@ def test_bench_errors_are_one_line_before_any_work(tmp_path, capsys, argv, needl
 def test_device_check_runs_every_phase_at_smoke_scale_on_the_cpu(tmp_path):
     """bench/device_check.sh as the device call runs it, shrunk (--device cpu --scale smoke): host work of every
     learning method (no host read), the paper check's parts in parallel processes, 1 and 2 concurrent MIST trials;
-    one JSON and the tables."""
+    every row in rows.jsonl, one JSON of them and the tables."""
     import os
 
+    from bench.rows import read
     from mist_core.registry import get_method, method_names
 
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1",
@@ -163,23 +165,159 @@ def test_device_check_runs_every_phase_at_smoke_scale_on_the_cpu(tmp_path):
     proc = subprocess.run(["bash", "bench/device_check.sh", "--device", "cpu", "--scale", "smoke"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads((tmp_path / "out" / "device_check.json").read_text())
-    assert {p: x["exit"] for p, x in r["phases"].items()} == {"host": 0, "paper_check": 0, "concurrency": 0}
-    rows = r["host"]["items"]["host"]["rows"]
+    rows = read(tmp_path / "out" / "rows.jsonl")
+    assert json.loads((tmp_path / "out" / "device_check.json").read_text())["rows"] == rows
+    assert {r["phase"]: r["exit"] for r in rows if r["kind"] == "phase"} == {"host": 0, "paper_check": 0,
+                                                                            "concurrency": 0}
+    host = [r for r in rows if r["phase"] == "host" and r["kind"] == "row"]
     learners = [(n, t) for n in method_names() if get_method(n).learns for t in get_method(n).tasks]
-    assert [(x["method"], x["task"]) for x in rows] == learners
-    for x in rows:
-        assert "error" not in x, x
+    assert [(x["method"], x["task"]) for x in host] == learners
+    for x in host:
         assert x["mode"] == "eager" and x["host_reads"] == 0 and x["aten_ops"] > 50 and _positive(x["step_ms"]), x
-    pc = r["paper_check"]
-    assert pc["settings"]["parallel"] is True and set(pc["parts"]) == {"mist_classify", "mist_recon", "grid_recon"}
-    for p, x in pc["parts"].items():
+    parts = {r["part"]: r for r in rows if r["phase"] == "paper_check" and r["kind"] == "part"}
+    assert set(parts) == {"mist_classify", "mist_recon", "grid_recon"}
+    for p, x in parts.items():
         assert x["steps"] == 4 and x["losses"][-1]["step"] == 4.0 and 0 <= x["metrics"]["det_rate"] <= 1, (p, x)
-        assert pc["cut"][p]["cut"] is False and pc["timing"][p]["step_ms"] > 0 and pc["timing"][p]["graph"] is False
-    conc = r["concurrency"]["items"]["concurrency"]["rows"]
+    workers = [r for r in rows if r["phase"] == "concurrency" and r["kind"] == "worker"]
+    assert sorted((r["n"], r["worker"]) for r in workers) == [(1, 0), (2, 0), (2, 1)]
+    conc = [r for r in rows if r["phase"] == "concurrency" and r["kind"] == "row"]
     assert [(x["method"], x["n"]) for x in conc] == [("mist", 1), ("mist", 2)]
     for x in conc:
-        assert "error" not in x, x
         assert len(x["steps"]) == x["n"] and min(x["steps"]) > 0 and _positive(x["images_per_s"]), x
     assert conc[0]["speedup"] == 1.0 and _positive(conc[1]["speedup"])
-    assert "### Host work per training step" in proc.stdout and "### Concurrent trials on one device" in proc.stdout
+    for title in ("### Phases", "### Host work per training step", "### Concurrent trials on one device",
+                  "### Paper check parts"):
+        assert title in proc.stdout and title in (tmp_path / "out" / "tables.md").read_text()
+    assert "finished after" in proc.stdout
+
+
+def _start_device_check(out: Path) -> subprocess.Popen:
+    """python -m bench.device_check at smoke scale on the CPU, in its own session (its group is killed whole)."""
+    import os
+
+    return subprocess.Popen([sys.executable, "-m", "bench.device_check", "--device", "cpu", "--scale", "smoke",
+                             "--budget", "1200", "--out-dir", str(out)], cwd=ROOT, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+
+
+def _wait_for_rows(proc: subprocess.Popen, path: Path, phase: str, n: int) -> list[dict]:
+    import time
+
+    from bench.rows import read
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 600:
+        rows = [r for r in read(path) if r["phase"] == phase and r["kind"] == "row"]
+        if len(rows) >= n:
+            return rows
+        assert proc.poll() is None, "the check ended before the rows the test kills it after"
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} {phase} rows in 600 s")
+
+
+def _group_gone(pgid: int) -> bool:
+    import os
+    import time
+
+    for _ in range(100):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_device_check_sigterm_mid_phase_keeps_rows_and_prints_tables(tmp_path):
+    """SIGTERM (a time limit) while the host phase runs: the rows measured so far stay in rows.jsonl, the tables of
+    them are printed and written, the phase's process is stopped and no process of the check is left."""
+    import signal
+
+    from bench.rows import read
+
+    proc = _start_device_check(tmp_path)
+    try:
+        kept = _wait_for_rows(proc, tmp_path / "rows.jsonl", "host", 2)
+        proc.send_signal(signal.SIGTERM)                       # the parent only: it stops its phase itself
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    assert _group_gone(proc.pid), "a process of the check outlived it"
+    rows = read(tmp_path / "rows.jsonl")
+    assert [r for r in rows if r["phase"] == "host" and r["kind"] == "row"][:len(kept)] == kept
+    assert rows[-1]["kind"] == "end" and rows[-1]["status"] == "interrupted by SIGTERM"
+    assert "interrupted by SIGTERM after" in out
+    assert re.search(r"^\| host +\| - +\| did not finish +\| - +\| stopped while it ran", out, re.M), out
+    for r in kept:                                             # each kept row is in the printed host table
+        assert re.search(rf"^\| {r['method']} +\| {r['task']} +\| smoke +\| eager +\| ", out, re.M), r
+    assert (tmp_path / "tables.md").read_text() == out
+    assert not any(r["phase"] == "concurrency" for r in rows)  # nothing started after the signal
+
+
+def test_device_check_sigkill_keeps_rows_and_tables_prints_them(tmp_path):
+    """SIGKILL of the whole group (nothing of the check runs after it): the finished rows are on disk and
+    `python -m bench.device_check tables` prints them, saying the check was killed."""
+    import os
+    import signal
+
+    proc = _start_device_check(tmp_path)
+    try:
+        kept = _wait_for_rows(proc, tmp_path / "rows.jsonl", "host", 2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _group_gone(proc.pid)
+    t = subprocess.run([sys.executable, "-m", "bench.device_check", "tables", str(tmp_path / "rows.jsonl")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert t.returncode == 0, t.stderr
+    assert "no end row: the check was killed" in t.stdout and "### Host work per training step" in t.stdout
+    for r in kept:
+        assert re.search(rf"^\| {r['method']} +\| {r['task']} +\| smoke +\| eager +\| ", t.stdout, re.M), r
+
+
+def test_device_check_plan_fits_360_device_seconds(capsys):
+    from bench.device_check import main, plan
+
+    assert main(["--plan"]) == 0
+    out = capsys.readouterr().out
+    total = float(out.strip().splitlines()[-1].split()[4])
+    assert total <= 360 and abs(total - sum(s for _, s, _ in plan(360))) < 1
+    for name in ("host", "concurrency", "paper_check"):
+        assert f"| {name} |" in out
+    assert "nothing run" in out
+
+
+def test_host_skips_what_does_not_fit_its_deadline_and_keeps_each_row(tmp_path, monkeypatch):
+    """With a deadline already reached, the first case still runs (nothing to estimate from), the next is skipped
+    with a row saying so; both rows are in $MIST_BENCH_ROWS as they happen."""
+    import time
+
+    from bench import host
+    from bench.rows import ROWS_ENV, read
+    from bench.settings import Settings
+
+    monkeypatch.setenv(ROWS_ENV, str(tmp_path / "rows.jsonl"))
+    s = Settings().replace(**Settings.tiny_defaults(), methods=("grid",), deadline=time.time())
+    r = host.run(s)
+    assert [("skipped" in x, x["task"]) for x in r["rows"]] == [(False, "recon"), (True, "classify")]
+    assert "left before the phase's deadline" in r["rows"][1]["skipped"]
+    rows = read(tmp_path / "rows.jsonl")
+    assert [(x["phase"], x["kind"], x["task"]) for x in rows] == [("host", "row", "recon"),
+                                                                  ("host", "skipped", "classify")]
+    assert rows[0]["step_ms"] == r["rows"][0]["step_ms"]
+    assert "skipped: " in render({"machine": {}, "items": {"host": r}})
+
+
+def test_rows_survive_a_cut_last_line(tmp_path):
+    from bench.rows import append, read
+
+    path = tmp_path / "rows.jsonl"
+    append(path, {"a": 1, "x": float("nan")})
+    with open(path, "a") as f:
+        f.write('{"b": 2, "cut sho')                         # a kill in the middle of a write
+    assert read(path) == [{"a": 1, "x": None}] and read(tmp_path / "none.jsonl") == []
