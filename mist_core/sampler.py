@@ -61,8 +61,10 @@ def paste_patches(patches: Tensor, kp: Tensor, height: int, width: int, *, max_s
         # gets a value only if x0 - s/2p < j + 0.5 < x0 + s + s/2p, at most n pixels per axis
         n = int(math.ceil(max_size * (1 + 1 / p))) + 2
         reach = s / (2 * p)
-        ox = (torch.floor(x0 - reach - 0.5) + 1).clamp(-n, width).long()           # (B, K, 1) window origin
-        oy = (torch.floor(y0 - reach - 0.5) + 1).clamp(-n, height).long()
+        # a non-finite keypoint must not become an index (NaN.long() is INT64_MIN: on CUDA a device-side assert
+        # that kills the process): nan_to_num first, on the device, no host read; the output is poisoned below
+        ox = torch.nan_to_num(torch.floor(x0 - reach - 0.5) + 1, nan=-n).clamp(-n, width).long()  # (B, K, 1) origin
+        oy = torch.nan_to_num(torch.floor(y0 - reach - 0.5) + 1, nan=-n).clamp(-n, height).long()
         j = torch.arange(n, device=dev)                                               # (n,)
     X = (ox + j).to(dt) + 0.5                                                         # (B, K, n) pixel centres
     Y = (oy + j).to(dt) + 0.5
@@ -72,6 +74,9 @@ def paste_patches(patches: Tensor, kp: Tensor, height: int, width: int, *, max_s
                         uy[:, :, :, None].expand(B, K, n, n)], dim=-1)                # (B, K, n, n, 2)
     local = F.grid_sample(patches.reshape(B * K, C, p, p), grid.reshape(B * K, n, n, 2),
                           mode="bilinear", padding_mode="zeros", align_corners=False)  # (B*K, C, n, n)
+    # NaN for an image with a non-finite keypoint, else 0 (gradient 0): its loss stays non-finite, so the Trainer
+    # names it, although the windows above were moved to a harmless place
+    poison = kp.flatten(1).sum(1) * 0                                                 # (B,)
     # scatter into a canvas padded by n on every side, so that every window lies inside it, then crop
     Hp, Wp = height + 2 * n, width + 2 * n
     idx = ((oy + n + j)[..., :, None] * Wp + (ox + n + j)[..., None, :])              # (B, K, n, n) flat index
@@ -79,7 +84,7 @@ def paste_patches(patches: Tensor, kp: Tensor, height: int, width: int, *, max_s
         src = local.view(B, K, C, n * n).transpose(1, 2).reshape(B, C, K * n * n)     # (B, C, K*n*n)
         index = idx.view(B, 1, K * n * n).expand(B, C, K * n * n)
         canvas = src.new_zeros(B, C, Hp * Wp).scatter_add(2, index, src)          # (B, C, Hp*Wp)
-        return canvas.view(B, C, Hp, Wp)[:, :, n:n + height, n:n + width]
+        return canvas.view(B, C, Hp, Wp)[:, :, n:n + height, n:n + width] + poison[:, None, None, None]
     index = idx.view(B * K, 1, n * n).expand(B * K, C, n * n)
     canvas = local.new_zeros(B * K, C, Hp * Wp).scatter_add(2, index, local.view(B * K, C, n * n))
-    return canvas.view(B, K, C, Hp, Wp)[..., n:n + height, n:n + width]
+    return canvas.view(B, K, C, Hp, Wp)[..., n:n + height, n:n + width] + poison[:, None, None, None, None]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from baselines.grid import Grid
+from mist_core.mist import MIST
 from mist_core.data import dataset_config, load_splits
 from mist_core.data.container import MultiInstanceData, Splits
 from mist_core.train import RunConfig, Trainer
@@ -117,6 +118,29 @@ class NaNAtStep3(Grid):
         out = super().train_step(batch)
         self.n = getattr(self, "n", 0) + 1
         return {**out, "task": out["task"] * float("nan") if self.n == 3 else out["task"]}
+
+
+class NaNKeypointsAtStep3(MIST):
+    """MIST whose detector gives non-finite keypoints from its third training step on (a diverged heatmap does)."""
+    name = "nan_keypoints_at_step_3"
+
+    def train_step(self, batch):
+        self.n = getattr(self, "n", 0) + 1
+        return super().train_step(batch)
+
+    def detect(self, images):
+        h_scales, h, kp, scores = super().detect(images)
+        if torch.is_grad_enabled() and getattr(self, "n", 0) >= 3:    # a training step, not predict
+            kp = kp.clone()
+            kp[0, 0, 0], kp[-1, -1, 2] = float("nan"), float("inf")
+        return h_scales, h, kp, scores
+
+
+def test_non_finite_keypoints_reach_no_index_and_the_loss_is_named(splits):
+    """A NaN or inf keypoint must not become an index (NaN.long() is INT64_MIN: an index error on the CPU, a
+    device-side assert that kills the process on CUDA): the step runs, its loss is non-finite, the Trainer names it."""
+    with pytest.raises(FloatingPointError, match=r"training loss task, .* is not finite .* in steps 1-4"):
+        trainer(splits, method="tests.test_train:NaNKeypointsAtStep3", max_steps=10, eval_every=4).run(progress=False)
 
 
 def test_a_non_finite_loss_stops_the_run_at_the_next_read_naming_it(splits):
