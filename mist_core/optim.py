@@ -21,7 +21,12 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["FlatAdam", "adam", "get_lrs", "set_lrs", "load_optimizer_state"]
+__all__ = ["FlatAdam", "adam", "get_lrs", "set_lrs", "load_optimizer_state", "ALIGN"]
+
+# Every parameter's offset in the flat buffers is a multiple of this many elements (256 bytes in fp32): cuDNN and
+# cuBLASLt pick kernels by pointer alignment, and packed back to back most conv weights would start on 8-byte
+# boundaries (slower kernels, or none found). The padding costs at most ALIGN - 1 elements per parameter.
+ALIGN = 64
 
 
 class FlatAdam(torch.optim.Optimizer):
@@ -36,8 +41,11 @@ class FlatAdam(torch.optim.Optimizer):
             raise ValueError(f"FlatAdam needs every parameter on one device and dtype, got {devices} and {dtypes}")
         dev, dt = devices.pop(), dtypes.pop()
         sizes = [p.numel() for p in ps]
-        offsets = [sum(sizes[:i]) for i in range(len(ps))]
-        n = sum(sizes)
+        offsets, n = [], 0
+        for size in sizes:           # each parameter starts on an ALIGN-element boundary; the gaps stay 0 forever
+            offsets.append(n)
+            n += -(-size // ALIGN) * ALIGN
+        self.offsets, self.sizes = offsets, sizes
         self.flat = torch.zeros(n, device=dev, dtype=dt)                          # (N,) every parameter
         self.flat_grad = torch.zeros(n, device=dev, dtype=dt)                     # (N,) every gradient
         self.exp_avg = torch.zeros(n, device=dev, dtype=dt)                       # (N,) first moment
@@ -89,11 +97,15 @@ class FlatAdam(torch.optim.Optimizer):
         with torch.no_grad():
             if "flat_adam" in state:
                 s = state["flat_adam"]
-                for mine, theirs in ((self.steps, s["steps"]), (self.exp_avg, s["exp_avg"]),
-                                     (self.exp_avg_sq, s["exp_avg_sq"])):
-                    if mine.shape != theirs.shape:
+                self.steps.copy_(s["steps"])
+                for mine, theirs in ((self.exp_avg, s["exp_avg"]), (self.exp_avg_sq, s["exp_avg_sq"])):
+                    if theirs.shape == mine.shape:
+                        mine.copy_(theirs)
+                    elif theirs.numel() == sum(self.sizes):      # written packed, before the offsets were aligned
+                        for off, packed, size in zip(self.offsets, _packed_offsets(self.sizes), self.sizes):
+                            mine[off:off + size].copy_(theirs[packed:packed + size])
+                    else:
                         raise ValueError(f"optimiser state of {theirs.numel()} numbers for {mine.numel()} here")
-                    mine.copy_(theirs)
                 return
             # torch.optim.Adam's: state per parameter index
             per = state["state"]
@@ -104,6 +116,10 @@ class FlatAdam(torch.optim.Optimizer):
                 for name, buf in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
                     buf.as_strided(p.shape, p.stride(), off).copy_(per[i][name])
                 self.steps.fill_(float(per[i]["step"]))
+
+
+def _packed_offsets(sizes: list[int]) -> list[int]:
+    return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 def _same_kind(current: float | Tensor, value: float | Tensor) -> float | Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from mist_core.optim import FlatAdam, adam, get_lrs, load_optimizer_state, set_lrs
+from mist_core.optim import ALIGN, FlatAdam, adam, get_lrs, load_optimizer_state, set_lrs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,6 +43,62 @@ def test_the_update_is_torch_adams():
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
     assert [p.stride() for p in b.parameters()] == strides
+
+
+def _odd_net(seed: int = 0) -> nn.Module:
+    """Parameters of odd sizes first (GroupNorm(1, 1)'s two floats, as MIST's heatmap net): packed back to back,
+    every later weight would start off any 16-byte boundary."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.GroupNorm(1, 1), nn.Conv2d(1, 3, 3), nn.GroupNorm(1, 3), nn.Conv2d(3, 5, 3),
+                         nn.Flatten(), nn.Linear(5 * 4 * 4, 7)).to(memory_format=torch.channels_last)
+
+
+def test_every_offset_is_aligned_and_the_update_is_still_torch_adams():
+    a, b = _odd_net(), _odd_net()
+    opt = FlatAdam(b.parameters(), lr=1e-2)
+    offsets = [p.storage_offset() - opt.flat.storage_offset() for p in b.parameters()]
+    assert all(off % ALIGN == 0 for off in offsets) and ALIGN == 64, offsets
+    assert offsets == opt.offsets and len(set(offsets)) == len(offsets)
+    assert all(p.grad.storage_offset() - opt.flat_grad.storage_offset() == off for p, off in zip(b.parameters(), offsets))
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+
+    def steps(net, o):
+        out = []
+        for _ in range(4):
+            o.zero_grad(set_to_none=True)
+            loss = net(x).square().mean()
+            loss.backward()
+            o.step()
+            out.append(float(loss.detach()))
+        return out
+
+    assert steps(b, opt) == pytest.approx(steps(a, torch.optim.Adam(a.parameters(), lr=1e-2)), rel=1e-4)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    gaps = torch.ones_like(opt.flat, dtype=torch.bool)
+    for off, size in zip(opt.offsets, opt.sizes):
+        gaps[off:off + size] = False
+    assert gaps.any() and not opt.flat[gaps].any() and not opt.exp_avg[gaps].any()   # the padding stays 0
+
+
+def test_a_checkpoint_of_the_packed_layout_loads():
+    """A FlatAdam checkpoint written before offsets were aligned (moments packed back to back) still loads."""
+    net = _odd_net()
+    opt = FlatAdam(net.parameters(), lr=1e-2)
+    _train_odd = [torch.randn(2, 1, 8, 8) for _ in range(2)]
+    for x in _train_odd:
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+    state = opt.state_dict()
+    packed = {k: torch.cat([state["flat_adam"][k][o:o + n] for o, n in zip(opt.offsets, opt.sizes)])
+              for k in ("exp_avg", "exp_avg_sq")}
+    old = {"flat_adam": {"steps": state["flat_adam"]["steps"], **packed}, "param_groups": state["param_groups"]}
+    opt2 = FlatAdam(_odd_net(seed=3).parameters(), lr=1e-2)
+    opt2.load_state_dict(old)
+    assert torch.equal(opt2.exp_avg, opt.exp_avg) and torch.equal(opt2.exp_avg_sq, opt.exp_avg_sq)
+    with pytest.raises(ValueError, match="optimiser state of 5 numbers"):
+        opt2.load_state_dict({**old, "flat_adam": {**old["flat_adam"], "exp_avg": torch.zeros(5)}})
 
 
 def test_no_host_read_and_the_same_few_ops_for_any_number_of_parameters():
