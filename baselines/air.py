@@ -124,6 +124,7 @@ class AIR(Method):
     Config = AIRConfig
     tasks = ("recon",)
     cuda_graph = True
+    step_draws_noise = True   # z_where/z_what samples and the presence draw
 
     @classmethod
     def default_config(cls, scale: str) -> AIRConfig:

@@ -124,6 +124,7 @@ def perturbed_topk(scores: Tensor, k: int, sigma: float, n_samples: int = 32, no
 
 class PerturbedTopK(MIST):
     name = "ptopk"
+    step_draws_noise = True   # the perturbed top-k's Gaussian noise
     Config = PerturbedTopKConfig
 
     @classmethod

@@ -169,6 +169,7 @@ class Zhang(Method):
     Config = ZhangConfig
     tasks = ("recon",)
     cuda_graph = True
+    step_draws_noise = True   # a random affine warp per image
 
     @classmethod
     def default_config(cls, scale: str) -> ZhangConfig:

@@ -13,6 +13,9 @@ and may set:
   cuda_graph  bool, default False. True: on CUDA the trainer captures train_step once in a CUDA graph and replays
               it (mist_core.graphs). Only for a step with no host read, fixed shapes and no Python state that
               changes from step to step (keep such state in device tensors): a graph replays what it captured
+  step_draws_noise  bool, default False. True for a train_step that draws random numbers from torch's default
+              generator (sampling, random warps): after a failed CUDA graph capture that generator may be left in
+              capture mode, so such a step is not run eagerly in the same process (mist_core.graphs.CaptureFailed)
 and implements:
   default_config(scale)                  its Config at each scale ('smoke', 'quick', 'paper')
   train_step(batch) -> {name: Tensor}    one optimisation step; each loss a detached 0-d tensor (a Python float is
@@ -91,6 +94,8 @@ class Method(abc.ABC):
     learns: ClassVar[bool] = True
     # True: train_step may be captured in a CUDA graph and replayed (see the module docstring)
     cuda_graph: ClassVar[bool] = False
+    # True: train_step draws random numbers (no eager fallback in the process after a failed capture)
+    step_draws_noise: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -118,7 +123,8 @@ class Method(abc.ABC):
                   and len(set(tasks)) == len(tasks)):
             problems.append(f"`tasks` must be a non-empty tuple of distinct tasks from {TASKS}, got {tasks!r}")
         for flag, meaning in (("learns", "True unless the method has nothing to learn"),
-                              ("cuda_graph", "True only for a step a CUDA graph can replay")):
+                              ("cuda_graph", "True only for a step a CUDA graph can replay"),
+                              ("step_draws_noise", "True for a step that draws random numbers")):
             value = getattr(cls, flag, None)
             if not isinstance(value, bool):
                 problems.append(f"`{flag}` must be a bool ({meaning}), got {value!r}")

@@ -338,6 +338,7 @@ class TrialRun:
         if existing:
             run = existing[0]
             self.run_id = run.info.run_id
+            self.tags: dict[str, str] = dict(run.data.tags)     # as the earlier attempts left them
             self.attempts = int(run.data.tags.get(TAG_ATTEMPTS, "1")) + 1
             _retry(self.client.update_run, self.run_id, status="RUNNING")
             _retry(self.client.set_tag, self.run_id, TAG_ATTEMPTS, str(self.attempts))
@@ -351,6 +352,7 @@ class TrialRun:
             all_tags = {**_tag_strs(tags), PARENT_TAG: parent_run_id, TAG_TRIAL: trial_key, TAG_ROLE: "trial",
                         TAG_ATTEMPTS: "1"}
             self.run_id = _retry(self.client.create_run, experiment_id, run_name=run_name, tags=all_tags).info.run_id
+            self.tags = dict(all_tags)
             _log_params(self.client, self.run_id, params)
             self.logged: dict[str, set[int]] = {}
         self.status = "RUNNING"
@@ -372,6 +374,7 @@ class TrialRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             _retry(self.client.set_tag, self.run_id, k, str(v))
+            self.tags[k] = str(v)
 
     def finish(self, status: str) -> None:
         if self.status == "RUNNING":

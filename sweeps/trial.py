@@ -25,15 +25,19 @@ from sweeps import artifacts, tracking
 from sweeps.spec import TrialSpec
 from sweeps.store import join
 
-__all__ = ["trainable", "shown_metrics", "FAULT_ENV"]
+__all__ = ["trainable", "shown_metrics", "graphs_off_after_failed_capture", "FAULT_ENV", "EAGER_TAG"]
 
 FAULT_ENV = "MIST_SWEEP_FAULT"
+# set on a trial's MLflow run when its CUDA graph capture failed where eager steps in that process were not safe
+# (mist_core.graphs.CaptureFailed): Tune's retry starts a fresh worker, whose attempt then trains eagerly
+EAGER_TAG = "mist.cuda_graphs_off"
 
 
 def trainable(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
+    from mist_core.graphs import CaptureFailed
     from mist_core.train import Trainer, resolve
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # "Checkpoint created" per report
@@ -48,6 +52,7 @@ def trainable(config: dict[str, Any]) -> None:
     mlrun = tracking.TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
                               tracking.trial_key(ctx.uid, trial_id), tctx.get_trial_name(), tags,
                               resolved.as_params())
+    resolved = graphs_off_after_failed_capture(resolved, mlrun.tags)
     fault = _fault(ctx.fault, run, phase, mlrun.attempts)
     trial_dir = join(ctx.trials_dir, tctx.get_trial_name())
     final: dict[str, float] = {}
@@ -105,6 +110,10 @@ def trainable(config: dict[str, Any]) -> None:
         mlrun.finish("FINISHED")
         finished = True
         report(final, trainer)
+    except CaptureFailed as e:  # this process must not step eagerly: the retry (a fresh worker) runs without graphs
+        mlrun.set_tags({EAGER_TAG: str(e)})
+        mlrun.finish("FAILED")
+        raise
     except SystemExit:  # Tune stopped the trial at a report (ASHA, or the sweep is shutting down)
         if not finished:
             mlrun.set_tags({"mist.stopped_by": "tune"})
@@ -114,6 +123,17 @@ def trainable(config: dict[str, Any]) -> None:
         if not finished:
             mlrun.finish("FAILED")
         raise
+
+
+def graphs_off_after_failed_capture(resolved, tags: dict[str, str]):
+    """`resolved` with train.cuda_graphs = False when an earlier attempt of this trial failed its capture where
+    eager steps were not safe (EAGER_TAG on its run), else `resolved` itself."""
+    if not tags.get(EAGER_TAG) or not resolved.train_cfg.cuda_graphs:
+        return resolved
+    import dataclasses
+
+    print(f"CUDA graphs off for this attempt (train.cuda_graphs=false): {tags[EAGER_TAG]}", flush=True)
+    return dataclasses.replace(resolved, train_cfg=resolved.train_cfg.replace(cuda_graphs=False))
 
 
 def shown_metrics(metrics: dict[str, float], keys) -> str:
