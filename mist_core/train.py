@@ -9,8 +9,8 @@ graph where the method allows it); their losses stay on the device, summed there
 for a report or a progress line, so a step never waits for the host. The callback receives a report (a flat dict of floats: step, the
 steps run so far; seconds, core_seconds, mean training losses since the previous report, test metrics) at every
 `eval_every` steps and at the end; it may return True to stop. A sweeper hooks in there (and saves
-`trainer.state_dict()` as a checkpoint: the method, the step, the RNGs and the data position, so a resumed run
-trains on the batches an unbroken one would). The loop never asks which method it is training.
+`trainer.state_dict()` as a checkpoint: the method, the step, the RNGs (CPU, numpy, and the CUDA device's when it
+trains on one) and the data position, so a resumed run trains on the batches and noise an unbroken one would). The loop never asks which method it is training.
 """
 from __future__ import annotations
 
@@ -155,10 +155,13 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"method": self.method.state_dict(), "step": self.step, "train_seconds": self.train_seconds,
-                "core_seconds": self.core_seconds, "torch_rng": torch.get_rng_state(),
-                "np_rng": _rng_state(self.rng),
-                "data": {"epoch": self.epoch, "order": torch.from_numpy(self._order.copy()), "pos": self._pos}}
+        state = {"method": self.method.state_dict(), "step": self.step, "train_seconds": self.train_seconds,
+                 "core_seconds": self.core_seconds, "torch_rng": torch.get_rng_state(),
+                 "np_rng": _rng_state(self.rng),
+                 "data": {"epoch": self.epoch, "order": torch.from_numpy(self._order.copy()), "pos": self._pos}}
+        if self.method.device.type == "cuda":   # noise drawn on the device (air, zhang, ptopk) has its own generator
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.method.device)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
@@ -166,6 +169,8 @@ class Trainer:
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.core_seconds = float(state["core_seconds"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.method.device.type == "cuda":   # a CPU checkpoint has none: left as seeded
+            torch.cuda.set_rng_state(state["cuda_rng"], self.method.device)
         self.rng = _rng_from_state(state["np_rng"])
         d = state.get("data")
         if d is None:  # a checkpoint from before the data position was saved: resume with a fresh pass

@@ -97,6 +97,32 @@ def test_resume_sees_the_batches_of_an_unbroken_run(splits, tmp_path):
             assert torch.equal(p, q), f"{k}.{name} differs after the resumed run"
 
 
+def test_a_checkpoint_keeps_the_cuda_generator_of_a_run_on_cuda(splits, tmp_path, monkeypatch):
+    """Training on CUDA (the device's generator stood in for on the CPU), the checkpoint holds that generator's state
+    and loading it restores it on the run's device, through torch.save / torch.load(weights_only=True); a CPU run's
+    checkpoint holds none and leaves the CUDA generator alone."""
+    gen = {"state": torch.arange(16, dtype=torch.uint8)}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": gen["state"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append((state, device)))
+    cpu = trainer(splits, max_steps=2)
+    cpu.run(progress=False)
+    assert "cuda_rng" not in cpu.state_dict()
+    a = trainer(splits, max_steps=2)
+    a.run(progress=False)
+    a.method.device = torch.device("cuda")                   # as a run on CUDA; only the generators are asked
+    torch.save(a.state_dict(), tmp_path / "state.pt")
+    gen["state"] = torch.zeros(16, dtype=torch.uint8)        # the generator moves on after the checkpoint
+    b = trainer(splits, max_steps=4)
+    b.method.device = torch.device("cuda")
+    b.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert len(calls) == 1 and torch.equal(calls[0][0], torch.arange(16, dtype=torch.uint8))
+    assert calls[0][1] == torch.device("cuda")
+    c = trainer(splits, max_steps=4)                        # on the CPU: the CUDA state is not touched
+    c.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert len(calls) == 1
+
+
 def test_progress_says_something_between_evaluations(splits, monkeypatch, caplog):
     import logging
 
