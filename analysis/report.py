@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import logging
 import sys
 from datetime import datetime, timezone
@@ -220,12 +221,26 @@ def _comparisons_html(comps: pd.DataFrame) -> str:
     return "<ul>" + "".join(items) + "</ul>"
 
 
+def _precisions(df: pd.DataFrame) -> list[str]:
+    """Each train.precision the trials ran at (mist_core.precision), with their devices; rows from before the
+    setting was recorded say so."""
+    seen = set()
+    for text in df.drop_duplicates("trial")["params_json"]:
+        try:
+            p = json.loads(text) if isinstance(text, str) and text else {}
+        except ValueError:
+            p = {}
+        seen.add((str(p.get("train.precision", "not recorded")), str(p.get("train.device", "?"))))
+    return [f"{prec} on {dev}" for prec, dev in sorted(seen)]
+
+
 def _summary(df: pd.DataFrame) -> str:
     t = trial_summary(df)
     items = {"sweeps": sorted(t["sweep"].astype(str).unique()), "scales": sorted(t["scale"].astype(str).unique()),
              "tasks": sorted(t["task"].astype(str).unique()),
              "datasets": [dataset_label(d) for d in sorted(t["dataset"].astype(str).unique())],
              "methods": [method_label(m) for m in sorted(t["method"].astype(str).unique())]}
+    items["precision"] = _precisions(df)
     lis = "".join(f"<li><b>{k}</b>: {html.escape(', '.join(v))}</li>" for k, v in items.items())
     warn = ("<p class='note'><b>Several scales are mixed in these rows; the tables pool them.</b></p>"
             if len(items["scales"]) > 1 else "")

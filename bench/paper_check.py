@@ -21,6 +21,7 @@ bench/device_check.sh: the device recipe.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -189,7 +190,8 @@ def compare_fp32(r: Resolved, splits: Splits, n: int, max_s: float, n_eval: int)
     and batch order: the last quarter's task loss, images/s and test figures of each."""
     out: dict[str, Any] = {"steps_requested": n, "eval_images": n_eval}
     for name, bf16 in (("fp32", False), ("bf16", True)):
-        tr = PartTrainer(r, splits, bf16, log_every=max(1, n // 4))
+        arm = dataclasses.replace(r, train_cfg=r.train_cfg.replace(precision=name))  # fp32: no TF32 either
+        tr = PartTrainer(arm, splits, bf16, log_every=max(1, n // 4))
         warm = min(WARMUP_STEPS + 1, n)              # eager steps and the graph's capture: not timed
         tr.advance(warm, max_seconds=max_s)
         t0, s0 = time.perf_counter(), tr.step
@@ -261,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     n = a.steps or train_config(a.scale).max_steps
     steps = {"mist_classify": n, "mist_recon": a.recon_steps or n, "grid_recon": a.recon_steps or n}
+    # full fp32 (no TF32) for the parity runs, bf16 autocast only when asked (PartTrainer applies it to the steps)
     train = {"device": a.device, "threads": a.threads, "final_eval_images": a.eval_images,
-             "cuda_graphs": not a.no_graphs}
+             "cuda_graphs": not a.no_graphs, "precision": "bf16" if a.bf16 else "fp32"}
     parts = [x for x in PARTS if a.part in (None, x[0])]
     try:
         rs = {p: resolve(RunConfig(method=m, dataset="mnist_hard", task=t, scale=a.scale, seed=a.seed,
@@ -316,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {k: v for k, v in vars(a).items() if k not in ("out", "dry_run")} | {"batch_size": B},
               "data": {"dataset": "mnist_hard", "n_train": len(splits.train), "n_test": len(splits.test),
                        "seconds": data_s},
+              "precision": "bf16" if a.bf16 else "fp32",
               "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
               "bf16_vs_fp32": compare, "timing": timing, "cut": cut, "parts": results, "paper": PAPER,
               "loaded_modules": [mod for mod in WATCHED if mod in sys.modules],

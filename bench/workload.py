@@ -15,6 +15,7 @@ import torch
 from mist_core.data import Splits, load_splits
 from mist_core.graphs import StepRunner
 from mist_core.method import Method
+from mist_core.precision import apply_precision
 from mist_core.presets import train_config
 from mist_core.registry import get_method, method_names
 from mist_core.train import Resolved, RunConfig, resolve
@@ -59,6 +60,7 @@ def load_case(method: str, task: str, scale: str, device: str = "cpu", dataset: 
 def build(r: Resolved, splits: Splits, graphs: bool | None = None) -> Workload:
     """The method on its device, after fit_setup, with the whole training split as its batch; steps captured in a
     CUDA graph as train.cuda_graphs says, or as `graphs` says when given."""
+    apply_precision(r.train_cfg.precision)      # as the Trainer: full fp32 unless the run asks otherwise
     torch.manual_seed(r.run.seed)
     m = r.method_cls(r.method_cfg, splits.train.spec, r.run.task, r.train_cfg.device)
     m.fit_setup(splits.train.batch(slice(0, min(len(splits.train), 256))).images.to(m.device))

@@ -28,6 +28,7 @@ class TrainConfig(StrictConfig):
     threads: int | None = Field(None, ge=1)        # torch intra-op threads (None = all usable cores)
     device: str = "cpu"
     cuda_graphs: bool = True                       # on CUDA, capture the step in a CUDA graph where the method allows
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # mist_core.precision: full fp32 unless asked otherwise
     lr_decay: Literal["none", "cosine"] = "none"   # every optimiser's lr follows this over max_steps
     lr_final: float = Field(0.05, ge=0, le=1)      # cosine: the lr at max_steps, as a fraction of the initial lr
 

@@ -32,6 +32,7 @@ from mist_core.data.container import MultiInstanceData, Splits
 from mist_core.graphs import StepRunner
 from mist_core.method import Method
 from mist_core.optim import get_lrs, set_lrs
+from mist_core.precision import apply_precision, step_autocast
 from mist_core.presets import DATA_PRESETS, Scale, TrainConfig, train_config
 from mist_core.registry import get_method
 from mist_core.types import Prediction
@@ -135,6 +136,7 @@ class Trainer:
         r = self.resolved
         self.cfg, self.tcfg = r.run, r.train_cfg
         configure_torch(self.tcfg.threads)
+        apply_precision(self.tcfg.precision)       # TF32 on or off for the whole run, before anything computes
         torch.manual_seed(self.cfg.seed)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.splits = splits if splits is not None else load_splits(r.dataset_cfg, cache_dir=self.cfg.cache_dir)
@@ -240,7 +242,9 @@ class Trainer:
             t0, c0 = time.perf_counter(), time.process_time()
             if self.tcfg.lr_decay != "none":
                 self._apply_lr()
-            for k, v in self.runner(batch).items():
+            with step_autocast(self.tcfg.precision, self.method.device):
+                losses = self.runner(batch)
+            for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else torch.as_tensor(v, device=self.method.device).clone()
             self.train_seconds += time.perf_counter() - t0
             self.core_seconds += time.process_time() - c0

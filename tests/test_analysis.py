@@ -188,6 +188,10 @@ def test_report_content(tmp_path: Path) -> None:
     assert ("Tables 3-4: not in this run; run sweeps/configs/table3.yaml, sweeps/configs/table4.yaml" in page
             and "Table 3: sensitivity" not in page and "Gabor: not in this run (sweeps/configs/table1.yaml" in page)
     assert page.count("= the paper reports no number") == 1
+    assert "<li><b>precision</b>: not recorded on ?</li>" in page                  # fixture rows carry no params
+    rows = _rows().assign(params_json='{"train.precision": "fp32", "train.device": "cuda"}')
+    page = report.build_report(rows, tmp_path / "r2").read_text(encoding="utf-8")
+    assert "<li><b>precision</b>: fp32 on cuda</li>" in page
     alts = re.findall(r'<img src="data:image/png;base64,[^"]+" alt="([^"]*)"', page)
     for task in ("recon", "classify"):
         assert {f"learning curves ({task}) against training steps",

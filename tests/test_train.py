@@ -123,6 +123,43 @@ def test_a_checkpoint_keeps_the_cuda_generator_of_a_run_on_cuda(splits, tmp_path
     assert len(calls) == 1
 
 
+class AutocastProbe(Grid):
+    """Grid that records whether its steps run under autocast, and in which dtype."""
+    name = "autocast_probe"
+
+    def train_step(self, batch):
+        self.seen = [*getattr(self, "seen", []), (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))]
+        return super().train_step(batch)
+
+
+def test_one_precision_policy_applied_at_start_and_recorded(splits):
+    """train.precision (default full fp32) is in every run's params, sets torch's TF32 switches when the Trainer
+    starts, and bf16 runs each training step under bfloat16 autocast (and only the steps)."""
+    from mist_core.presets import train_config
+    from mist_core.train import resolve
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.get_float32_matmul_precision())                        # restored after the test
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        assert train_config("paper").precision == "fp32"
+        t = trainer(splits, max_steps=1)
+        assert t.resolved.as_params()["train.precision"] == "fp32"
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "highest"
+        trainer(splits, max_steps=1, precision="tf32")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
+        res = trainer(splits, method="tests.test_train:AutocastProbe", max_steps=2, precision="bf16").run(progress=False)
+        assert res.trainer.method.seen == [(True, torch.bfloat16)] * 2 and math.isfinite(res.metrics["train_task"])
+        assert not torch.is_autocast_enabled("cpu")                                  # evaluation ran outside it
+        with pytest.raises(Exception, match="precision"):
+            resolve(RunConfig(method="grid", dataset="mnist_hard", scale="smoke", train={"precision": "fp16"}))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[:2]
+        torch.set_float32_matmul_precision(before[2])
+
+
 def test_progress_says_something_between_evaluations(splits, monkeypatch, caplog):
     import logging
 
