@@ -1,5 +1,6 @@
 """The whole GPU check in one device call that keeps every row it measured: host work and step times of every method
-(graph and eager), the concurrency curve, and the paper check's three parts; tables from whatever rows exist.
+(graph and eager), the concurrency curve, the workstation path of the quick benchmark (bench.workstation) and the
+paper check's three parts; tables from whatever rows exist.
 
     python -m bench.device_check [--device cuda] [--scale paper|smoke] [--budget 360] [--out-dir DIR]
     python -m bench.device_check --plan [--budget 360]        # the phases and their seconds; runs nothing
@@ -46,11 +47,13 @@ class Phase:
 
 
 PHASES: tuple[Phase, ...] = (
-    Phase("host", 0.28, 20.0, "every learning method at quick and paper scale, CUDA graph and eager: ms/step, "
+    Phase("host", 0.25, 20.0, "every learning method at quick and paper scale, CUDA graph and eager: ms/step, "
           "aten ops, launches, sync calls, kernel share"),
-    Phase("concurrency", 0.17, 25.0, "1, 2, 4, 8 concurrent MIST recon trials on the device (5 s windows): "
+    Phase("concurrency", 0.15, 25.0, "1, 2, 4, 8 concurrent MIST recon trials on the device (5 s windows): "
           "aggregate images/s"),
-    Phase("paper_check", 0.45, 90.0, "MIST classify, MIST recon, grid recon at paper scale, in parallel processes, "
+    Phase("workstation", 0.17, 30.0, "the quick benchmark's trials, 4 processes sharing the device, 50 steps "
+          "each, rows -> report; wall time, GPU utilisation, failures"),
+    Phase("paper_check", 0.33, 90.0, "MIST classify, MIST recon, grid recon at paper scale, in parallel processes, "
           "full fp32, step budgets cut to the time"),
 )
 RESERVE_SHARE = 1.0 - sum(p.share for p in PHASES)   # the interpreter's start, machine info, tables, the copy back
@@ -90,6 +93,11 @@ def phase_argv(name: str, device: str, scale: str, out_dir: Path, time_limit: fl
     out = out_dir / f"{name}.json"
     if name in ("host", "concurrency"):
         return bench_argv(name, device, scale, out, time_limit)
+    if name == "workstation":
+        argv = ["bench.workstation", "--device", device, "--out-dir", str(out_dir / "workstation"), "--time-limit",
+                f"{max(time_limit - 20, 1):.0f}"]                 # the last trials and the report fit the phase
+        return argv + (["--sweep", "smoke", "--steps", "2", "--eval-images", "8", "--workers", "2"]
+                       if scale == "smoke" else [])
     argv = ["bench.paper_check", "--device", device, "--scale", scale, "--parallel", "--time-limit",
             f"{time_limit:.0f}", "--out", str(out)]
     return argv + (["--steps", "4", "--threads", "1"] if scale == "smoke" else [])
@@ -227,6 +235,25 @@ def render_rows(rows: list[dict]) -> str:
             [[r["n"], r["worker"], f"error: {r['error']}" if "error" in r else r["steps"],
               _n(r["images"] / r["seconds"]) if "error" not in r else "", _n(r.get("peak_gpu_mem_mb"))]
              for r in workers], ["trials", "worker", "steps", "images/s", "peak memory (MB)"]))
+    trials = _of(rows, "workstation", "trial", "error", "skipped")
+    summary = next(iter(_of(rows, "workstation", "summary")), None)
+    if trials:
+        def final(r: dict, metric: str) -> float | None:
+            return next((x["value"] for x in r.get("rows", []) if x["final"] and x["metric"] == metric), None)
+
+        text = "### Workstation path (the quick benchmark's trials sharing one device)\n\n" + _table(
+            [[r["trial"], r.get("worker", "-"), r.get("steps", "-"), _n(r.get("seconds")),
+              "yes" if r.get("graph") else "no", _n(final(r, "rmse")), _n(final(r, "det_rate")),
+              f"error: {r['error']}" if "error" in r else f"skipped: {r['skipped']}" if "skipped" in r else ""]
+             for r in trials], ["trial", "worker", "steps", "seconds", "CUDA graph", "RMSE", "detection", "note"])
+        if summary:
+            util = ("-" if summary["gpu_util_mean"] is None else
+                    f"{summary['gpu_util_mean']:.0f}% mean, {summary['gpu_util_max']:.0f}% max over "
+                    f"{summary['gpu_util_samples']} samples")
+            text += (f"\n\n{summary['trained']}/{summary['trials']} trials trained by {summary['workers']} processes "
+                     f"in {summary['wall_s']:.0f} s wall; GPU utilisation {util}; failed: "
+                     f"{', '.join(summary['failed']) or 'none'}; report: {summary['report']}.")
+        out.append(text)
     parts = _of(rows, "paper_check", "part")
     timing = {r["part"]: r for r in _of(rows, "paper_check", "timing")}
     if parts or timing:

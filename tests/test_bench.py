@@ -153,8 +153,9 @@ def test_bench_errors_are_one_line_before_any_work(tmp_path, capsys, argv, needl
 
 def test_device_check_runs_every_phase_at_smoke_scale_on_the_cpu(tmp_path):
     """bench/device_check.sh as the device call runs it, shrunk (--device cpu --scale smoke): host work of every
-    learning method (no host read), the paper check's parts in parallel processes, 1 and 2 concurrent MIST trials;
-    every row in rows.jsonl, one JSON of them and the tables."""
+    learning method (no host read), 1 and 2 concurrent MIST trials, the smoke sweep's trials in 2 processes and
+    their report, the paper check's parts in parallel processes; every row in rows.jsonl, one JSON of them and the
+    tables."""
     import os
 
     from bench.rows import read
@@ -168,7 +169,10 @@ def test_device_check_runs_every_phase_at_smoke_scale_on_the_cpu(tmp_path):
     rows = read(tmp_path / "out" / "rows.jsonl")
     assert json.loads((tmp_path / "out" / "device_check.json").read_text())["rows"] == rows
     assert {r["phase"]: r["exit"] for r in rows if r["kind"] == "phase"} == {"host": 0, "paper_check": 0,
-                                                                            "concurrency": 0}
+                                                                            "concurrency": 0, "workstation": 0}
+    ws = [r for r in rows if r["phase"] == "workstation" and r["kind"] == "trial"]
+    assert len(ws) == 4 and all(r["steps"] == 2 for r in ws)                # the smoke sweep, 2 steps a trial
+    assert (tmp_path / "out" / "workstation" / "report" / "report.html").exists()
     host = [r for r in rows if r["phase"] == "host" and r["kind"] == "row"]
     learners = [(n, t) for n in method_names() if get_method(n).learns for t in get_method(n).tasks]
     assert [(x["method"], x["task"]) for x in host] == learners
@@ -186,7 +190,7 @@ def test_device_check_runs_every_phase_at_smoke_scale_on_the_cpu(tmp_path):
         assert len(x["steps"]) == x["n"] and min(x["steps"]) > 0 and _positive(x["images_per_s"]), x
     assert conc[0]["speedup"] == 1.0 and _positive(conc[1]["speedup"])
     for title in ("### Phases", "### Host work per training step", "### Concurrent trials on one device",
-                  "### Paper check parts"):
+                  "### Workstation path", "### Paper check parts"):
         assert title in proc.stdout and title in (tmp_path / "out" / "tables.md").read_text()
     assert "finished after" in proc.stdout
 
@@ -287,7 +291,7 @@ def test_device_check_plan_fits_360_device_seconds(capsys):
     out = capsys.readouterr().out
     total = float(out.strip().splitlines()[-1].split()[4])
     assert total <= 360 and abs(total - sum(s for _, s, _ in plan(360))) < 1
-    for name in ("host", "concurrency", "paper_check"):
+    for name in ("host", "concurrency", "workstation", "paper_check"):
         assert f"| {name} |" in out
     assert "nothing run" in out
 
@@ -321,3 +325,39 @@ def test_rows_survive_a_cut_last_line(tmp_path):
     with open(path, "a") as f:
         f.write('{"b": 2, "cut sho')                         # a kill in the middle of a write
     assert read(path) == [{"a": 1, "x": None}] and read(tmp_path / "none.jsonl") == []
+
+
+def test_workstation_path_runs_its_trials_in_processes_without_ray_or_mlflow(tmp_path):
+    """bench.workstation at smoke scale on the CPU, with ray, mlflow and optuna made unimportable (as on the device
+    image): the smoke sweep's 4 trials run in 2 worker processes, each trial's rows reach $MIST_BENCH_ROWS when it
+    finishes, and the rows become results.parquet and the report."""
+    import os
+
+    import pandas as pd
+
+    from bench.rows import read
+
+    shadow = tmp_path / "shadow"
+    for m in ("ray", "mlflow", "optuna"):
+        (shadow / m).mkdir(parents=True)
+        (shadow / m / "__init__.py").write_text(f"raise ImportError('{m} is not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": f"{shadow}:{ROOT}", "OMP_NUM_THREADS": "1",
+           "MIST_BENCH_ROWS": str(tmp_path / "rows.jsonl")}
+    proc = subprocess.run([sys.executable, "-m", "bench.workstation", "--device", "cpu", "--sweep", "smoke", "--steps",
+                           "2", "--eval-images", "8", "--workers", "2", "--time-limit", "600", "--out-dir",
+                           str(tmp_path / "ws")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read(tmp_path / "rows.jsonl")
+    trials = [r for r in rows if r["kind"] == "trial"]
+    assert sorted((r["method"], r["seed"]) for r in trials) == [("mist", 0), ("mist", 1), ("trivial", 0),
+                                                                 ("trivial", 1)]
+    assert len({r["worker"] for r in trials}) <= 2 and all(r["loaded_modules"] == [] for r in trials)
+    assert all(r["steps"] == 2 and r["device"] == "cpu" for r in trials)
+    summary = [r for r in rows if r["kind"] == "summary"]
+    assert len(summary) == 1 and rows[-1] is not None and summary[0]["trained"] == 4 and not summary[0]["failed"]
+    assert summary[0]["t"] > max(r["t"] for r in trials)                    # the trials' rows came first
+    df = pd.read_parquet(tmp_path / "ws" / "results.parquet")
+    final = df[df.final & (df.metric == "rmse")]
+    assert sorted(final.trial) == sorted(r["trial"] for r in trials) and final.value.between(0, 1).all()
+    page = (tmp_path / "ws" / "report" / "report.html").read_text()
+    assert "<li><b>precision</b>: fp32 on cpu</li>" in page and summary[0]["report"].endswith("report.html")
