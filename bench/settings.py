@@ -46,7 +46,8 @@ class Settings:
     def tiny_defaults(cls) -> dict:
         """The overrides --tiny applies (explicit command-line values still win for methods and generators)."""
         return dict(scales=("smoke",), threads=1, warmup=1, repeats=2, profile_steps=1, conv_shapes=TINY_CONV_SHAPES,
-                    sweep_trials=2, sweep_seconds=1.0, concurrency_seconds=2.0, data_images=32, data_test_images=4, data_repeats=1, tiny=True)
+                    sweep_trials=2, sweep_seconds=1.0, concurrency_seconds=2.0, data_images=32, data_test_images=4,
+                    data_repeats=1, tiny=True)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

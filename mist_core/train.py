@@ -9,8 +9,9 @@ graph where the method allows it); their losses stay on the device, summed there
 for a report or a progress line, so a step never waits for the host. The callback receives a report (a flat dict of floats: step, the
 steps run so far; seconds, core_seconds, mean training losses since the previous report, test metrics) at every
 `eval_every` steps and at the end; it may return True to stop. A sweeper hooks in there (and saves
-`trainer.state_dict()` as a checkpoint: the method, the step, the RNGs (CPU, numpy, and the CUDA device's when it
-trains on one) and the data position, so a resumed run trains on the batches and noise an unbroken one would). The loop never asks which method it is training.
+`trainer.state_dict()` as a checkpoint: the method, the step, the RNGs (CPU, numpy, and the CUDA device's when
+it trains on one) and the data position, so a resumed run trains on the batches and noise an unbroken one
+would). The loop never asks which method it is training.
 """
 from __future__ import annotations
 
