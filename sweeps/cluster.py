@@ -28,6 +28,7 @@ __all__ = ["init_ray", "reuse_timeout", "check_resources", "check_planned_resour
 
 log = logging.getLogger("sweeps")
 AUTOSCALER_HEAD_FILE = "~/ray_bootstrap_config.yaml"  # written by `ray up` on a cluster's head node
+PROJECT_CLUSTER = Path(__file__).resolve().parent.parent / "ray_cluster.yaml"  # the cluster the table configs target
 CONNECT_TIMEOUT_ENV = "MIST_RAY_CONNECT_TIMEOUT_S"
 REUSE_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"  # Tune's: how long a reused worker waits for the last trial
 REUSE_TIMEOUT_S = 120  # a stopped trial's closing MLflow calls (set-tag, update) against a busy server
@@ -213,11 +214,13 @@ def would_join(args: argparse.Namespace) -> bool:
                 or Path(os.path.expanduser(AUTOSCALER_HEAD_FILE)).is_file())
 
 
-def check_planned_resources(cfg: SweepConfig, devices: set[str], args: argparse.Namespace) -> None:
-    """At --check, the check_resources the run makes once Ray is up, on the cluster it would use. A private local
-    instance is not started for it: its one node is this machine as Ray would count it (--num-cpus, else every
-    core; the CUDA devices torch sees). A cluster the run would join is joined (as bounded as the run's join) and
-    left again; a Ray already initialised in this process is asked as it is."""
+def check_planned_resources(cfg: SweepConfig, devices: set[str], args: argparse.Namespace) -> str | None:
+    """At --check, the check_resources the run makes once Ray is up, on the cluster it would use; ConfigError if no
+    node can hold a trial. A cluster the run would join is joined (as bounded as the run's join) and left again; a
+    Ray already initialised in this process is asked as it is. A private local instance is not started: its one
+    node is this machine as Ray would count it (--num-cpus, else every core; the CUDA devices torch sees). A trial
+    this machine cannot hold but a node type of the project's cluster (PROJECT_CLUSTER) can is a cluster config
+    checked on a laptop (`table1.yaml --check` prices the paper's sweep): returned as a note, not refused."""
     ray = sys.modules.get("ray")  # not imported for a local instance: nothing of Ray is needed then
     if (ray is not None and ray.is_initialized()) or would_join(args):
         import ray
@@ -228,20 +231,29 @@ def check_planned_resources(cfg: SweepConfig, devices: set[str], args: argparse.
         finally:
             if mode:
                 ray.shutdown()
-        return
+        return None
     import torch
 
     node = {"CPU": float(args.num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-    _check_fit(cfg, [node], node, local=True)
+    try:
+        _check_fit(cfg, [node], node, local=True)
+    except ConfigError as e:
+        need = {"CPU": float(cfg.resources.cpu), "GPU": float(cfg.resources.gpu)}
+        if not any(t is not None and _fits(t, need) for t in _autoscaled_types(PROJECT_CLUSTER)):
+            raise ConfigError(f"{e} (nor could a node of {PROJECT_CLUSTER.name})") from None
+        return (f"resources: this machine ({node['CPU']:g} CPU, {node['GPU']:g} GPU) cannot hold a trial "
+                f"({need['CPU']:g} CPU, {need['GPU']:g} GPU), so the sweep must run on a cluster (a node type of "
+                f"{PROJECT_CLUSTER.name} can hold it): --address, or `ray job submit` (docs/sweeps.md)")
+    return None
 
 
 def _fits(node: dict[str, Any], need: dict[str, float]) -> bool:
     return all(node.get(k, 0.0) >= v for k, v in need.items() if v > 0)
 
 
-def _autoscaled_types() -> list[dict[str, Any] | None]:
-    """Resources of the node types the autoscaler may start (None: not stated in its config, so not known here)."""
-    path = Path(os.path.expanduser(AUTOSCALER_HEAD_FILE))
+def _autoscaled_types(file: str | Path = AUTOSCALER_HEAD_FILE) -> list[dict[str, Any] | None]:
+    """Resources of the node types an autoscaler config may start (None: not stated in it, so not known here)."""
+    path = Path(os.path.expanduser(file))
     if not path.is_file():
         return []
     import yaml

@@ -63,9 +63,12 @@ def run_sweep(config: str | Path | SweepConfig, *, storage: str | None = None, t
     p = plan(sweep, storage=storage, tracking_uri=tracking_uri)  # all that can be checked before Ray starts
     if check:  # and what the run checks once it starts: its storage and MLflow server reached, the cluster's nodes
         check_where(sweep, storage, tracking_uri)
-        cluster.check_planned_resources(sweep, {str(c.params.get("train.device", "cpu")) for c in p.cells},
-                                        argparse.Namespace(address=address, num_cpus=num_cpus, dashboard=dashboard))
+        note = cluster.check_planned_resources(sweep, {str(c.params.get("train.device", "cpu")) for c in p.cells},
+                                               argparse.Namespace(address=address, num_cpus=num_cpus,
+                                                                  dashboard=dashboard))
         print_check(p)
+        if note:
+            print(note)
         return 0
     from sweeps.driver import Sweep
 

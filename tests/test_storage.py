@@ -240,7 +240,17 @@ def test_check_refuses_resources_no_node_has(tmp_path, monkeypatch, capsys, reso
     code, _ = _sweep(tmp_path, monkeypatch, ["--check", "--num-cpus", "2"], resources=resources)
     err = capsys.readouterr().err
     assert code == 2 and needle in err and "1 node(s) with 2 CPU" in err and err.count("error:") == 1, err
+    assert "(nor could a node of ray_cluster.yaml)" in err
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_check_notes_a_cluster_config_this_machine_cannot_hold(tmp_path, monkeypatch, capsys):
+    """A paper-table config checked on a laptop: priced, with a note that it must run on a cluster."""
+    code, _ = _sweep(tmp_path, monkeypatch, ["--check", "--num-cpus", "2"], resources={"cpu": 4, "gpu": 0.5})
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "resources: this machine (2 CPU, " in out and "cannot hold a trial (4 CPU, 0.5 GPU), so the sweep must " \
+        "run on a cluster (a node type of ray_cluster.yaml can hold it)" in out
 
 
 def test_reach_timeout_must_be_a_number(tmp_path, monkeypatch, capsys):
