@@ -15,6 +15,7 @@ sweeps.spec       what one trial runs: a typed, frozen TrialSpec built from the 
 sweeps.trial      the Tune trainable: one trial = one Trainer run, checkpointed, in its own MLflow run
 sweeps.progress   the driver's Tune callback: progress lines, tidy rows, no trial run left RUNNING
 sweeps.store      the sweep's directory on storage (sweep.json, best parameters) and --resume / --fresh
+sweeps.storage    the storage location parsed and reached once, bounded (`check_storage`): --check, run, resume
 sweeps.cluster    joining or starting Ray; warnings about paths other nodes cannot reach
 sweeps.interrupts Ctrl-C and SIGTERM: the sweep ends as interrupted, resumable
 sweeps.tracking   MLflow: one parent run per sweep, one nested run per trial (found again after a resume)

@@ -23,11 +23,12 @@ from typing import Any, Iterator
 from mist_core.config import ConfigError
 from sweeps.config import SweepConfig
 
-__all__ = ["init_ray", "reuse_timeout", "check_resources", "alive_nodes", "warn_if_unshared", "warn_if_temporary",
-           "AUTOSCALER_HEAD_FILE", "CONNECT_TIMEOUT_ENV"]
+__all__ = ["init_ray", "reuse_timeout", "check_resources", "check_planned_resources", "would_join", "alive_nodes",
+           "warn_if_unshared", "warn_if_temporary", "AUTOSCALER_HEAD_FILE", "CONNECT_TIMEOUT_ENV"]
 
 log = logging.getLogger("sweeps")
 AUTOSCALER_HEAD_FILE = "~/ray_bootstrap_config.yaml"  # written by `ray up` on a cluster's head node
+PROJECT_CLUSTER = Path(__file__).resolve().parent.parent / "ray_cluster.yaml"  # the cluster the table configs target
 CONNECT_TIMEOUT_ENV = "MIST_RAY_CONNECT_TIMEOUT_S"
 REUSE_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"  # Tune's: how long a reused worker waits for the last trial
 REUSE_TIMEOUT_S = 120  # a stopped trial's closing MLflow calls (set-tag, update) against a busy server
@@ -180,19 +181,8 @@ def check_resources(cfg: SweepConfig, devices: set[str], local: bool) -> None:
     train.device values; `local`: the cluster is the private instance started on this machine."""
     import ray
 
-    need = {"CPU": float(cfg.resources.cpu), "GPU": float(cfg.resources.gpu)}
     nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
-    if not (any(_fits(r, need) for r in nodes) or any(r is None or _fits(r, need) for r in _autoscaled_types())):
-        total = ray.cluster_resources()
-        biggest = max(nodes, key=lambda r: (r.get("GPU", 0.0), r.get("CPU", 0.0)), default={})
-        hint = ("; or start the local Ray instance with more (--num-cpus)"
-                if local and need["CPU"] > biggest.get("CPU", 0.0) else "")
-        raise ConfigError(
-            f"resources: each trial asks for {need['CPU']:g} CPU and {need['GPU']:g} GPU (resources.cpu, "
-            f"resources.gpu), more than any node of the Ray cluster has: {len(nodes)} node(s) with "
-            f"{total.get('CPU', 0.0):g} CPU and {total.get('GPU', 0.0):g} GPU in all, the largest "
-            f"{biggest.get('CPU', 0.0):g} CPU and {biggest.get('GPU', 0.0):g} GPU. Tune would wait for it forever: "
-            f"lower resources.cpu / resources.gpu{hint}")
+    _check_fit(cfg, nodes, ray.cluster_resources(), local)
     cuda = sorted(d for d in devices if d.startswith("cuda"))
     if local and cuda:
         import torch
@@ -202,13 +192,68 @@ def check_resources(cfg: SweepConfig, devices: set[str], local: bool) -> None:
                               "device (torch.cuda.is_available() is False)")
 
 
+def _check_fit(cfg: SweepConfig, nodes: list[dict[str, Any]], total: dict[str, float], local: bool) -> None:
+    """ConfigError unless one of `nodes` (or a node type the autoscaler may start) holds a trial's resources."""
+    need = {"CPU": float(cfg.resources.cpu), "GPU": float(cfg.resources.gpu)}
+    if any(_fits(r, need) for r in nodes) or any(r is None or _fits(r, need) for r in _autoscaled_types()):
+        return
+    biggest = max(nodes, key=lambda r: (r.get("GPU", 0.0), r.get("CPU", 0.0)), default={})
+    hint = ("; or start the local Ray instance with more (--num-cpus)"
+            if local and need["CPU"] > biggest.get("CPU", 0.0) else "")
+    raise ConfigError(
+        f"resources: each trial asks for {need['CPU']:g} CPU and {need['GPU']:g} GPU (resources.cpu, "
+        f"resources.gpu), more than any node of the Ray cluster has: {len(nodes)} node(s) with "
+        f"{total.get('CPU', 0.0):g} CPU and {total.get('GPU', 0.0):g} GPU in all, the largest "
+        f"{biggest.get('CPU', 0.0):g} CPU and {biggest.get('GPU', 0.0):g} GPU. Tune would wait for it forever: "
+        f"lower resources.cpu / resources.gpu{hint}")
+
+
+def would_join(args: argparse.Namespace) -> bool:
+    """Whether init_ray(args) joins a cluster (rather than starting a private local instance)."""
+    return bool(getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")
+                or Path(os.path.expanduser(AUTOSCALER_HEAD_FILE)).is_file())
+
+
+def check_planned_resources(cfg: SweepConfig, devices: set[str], args: argparse.Namespace) -> str | None:
+    """At --check, the check_resources the run makes once Ray is up, on the cluster it would use; ConfigError if no
+    node can hold a trial. A cluster the run would join is joined (as bounded as the run's join) and left again; a
+    Ray already initialised in this process is asked as it is. A private local instance is not started: its one
+    node is this machine as Ray would count it (--num-cpus, else every core; the CUDA devices torch sees). A trial
+    this machine cannot hold but a node type of the project's cluster (PROJECT_CLUSTER) can is a cluster config
+    checked on a laptop (`table1.yaml --check` prices the paper's sweep): returned as a note, not refused."""
+    ray = sys.modules.get("ray")  # not imported for a local instance: nothing of Ray is needed then
+    if (ray is not None and ray.is_initialized()) or would_join(args):
+        import ray
+
+        mode = init_ray(args)
+        try:
+            check_resources(cfg, devices, local=False)
+        finally:
+            if mode:
+                ray.shutdown()
+        return None
+    import torch
+
+    node = {"CPU": float(args.num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    try:
+        _check_fit(cfg, [node], node, local=True)
+    except ConfigError as e:
+        need = {"CPU": float(cfg.resources.cpu), "GPU": float(cfg.resources.gpu)}
+        if not any(t is not None and _fits(t, need) for t in _autoscaled_types(PROJECT_CLUSTER)):
+            raise ConfigError(f"{e} (nor could a node of {PROJECT_CLUSTER.name})") from None
+        return (f"resources: this machine ({node['CPU']:g} CPU, {node['GPU']:g} GPU) cannot hold a trial "
+                f"({need['CPU']:g} CPU, {need['GPU']:g} GPU), so the sweep must run on a cluster (a node type of "
+                f"{PROJECT_CLUSTER.name} can hold it): --address, or `ray job submit` (docs/sweeps.md)")
+    return None
+
+
 def _fits(node: dict[str, Any], need: dict[str, float]) -> bool:
     return all(node.get(k, 0.0) >= v for k, v in need.items() if v > 0)
 
 
-def _autoscaled_types() -> list[dict[str, Any] | None]:
-    """Resources of the node types the autoscaler may start (None: not stated in its config, so not known here)."""
-    path = Path(os.path.expanduser(AUTOSCALER_HEAD_FILE))
+def _autoscaled_types(file: str | Path = AUTOSCALER_HEAD_FILE) -> list[dict[str, Any] | None]:
+    """Resources of the node types an autoscaler config may start (None: not stated in it, so not known here)."""
+    path = Path(os.path.expanduser(file))
     if not path.is_file():
         return []
     import yaml

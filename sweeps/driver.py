@@ -28,7 +28,8 @@ from sweeps.interrupts import Interrupted, deferred, sigterm_raises, tune_caught
 from sweeps.progress import SweepInfo, SweepProgress, activate, say
 from sweeps.results import RESULTS_FILE, ResultsWriter, copy_dir, read_bytes, write_atomic
 from sweeps.spec import SweepContext, TrialSpec, trial_name
-from sweeps.storage_watch import StorageWatch, check as check_storage
+from sweeps.storage import check_storage
+from sweeps.storage_watch import StorageWatch, check as check_storage_kept
 from sweeps.store import SWEEP_FILE, SweepDir
 from sweeps.trial import FAULT_ENV, trainable
 
@@ -84,6 +85,8 @@ class Sweep:
             raise ConfigError(f"--num-cpus {num_cpus}: the local Ray instance needs at least one CPU (each trial asks "
                               f"for resources.cpu={self.cfg.resources.cpu})")
         cluster.warn_if_temporary(self.cfg, self.args)
+        # storage reached once, bounded, before it is read (a resume's sweep.json) or written
+        check_storage(self.args.storage or self.cfg.storage, field="--storage" if self.args.storage else "storage")
         state = self.store.open_state(self.cfg, self.args.resume, self.args.fresh, self.args.tracking_uri,
                                       say=lambda msg: say(self.info, msg))
         say(self.info, f"{len(self.plan.cells)} cells, {self.plan.n_trials()} trials: starting Ray...")
@@ -93,6 +96,8 @@ class Sweep:
         # Ray starts: the workers of a local instance inherit it (no secret travels through Ray: sweeps.tracking);
         # from here on only the redacted URI is passed around, and MLflow clients swap the real one back in.
         real = state["tracking_uri"].replace("{head_ip}", ray.util.get_node_ip_address())
+        # asked once, bounded: a server that is not there is named in seconds, not after MLflow's minutes of retries
+        tracking.check_server(real, field="--tracking-uri" if self.args.tracking_uri else "tracking_uri")
         with tracking.credential_env(real) as uri:
             self.ray_mode = cluster.init_ray(self.args)
             try:
@@ -214,7 +219,7 @@ class Sweep:
         t0 = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - t0
-        check_storage(self.store.join(SWEEP_FILE), self.dir)  # gone mid-sweep: one line, not a failure per trial
+        check_storage_kept(self.store.join(SWEEP_FILE), self.dir)  # gone mid-sweep: one line, not a failure per trial
         caught = tune_caught_sigint(before)
         last = [r.metrics or {} for r in grid]
         trial_wall = sum(m.get("time_total_s", 0.0) for m in last)

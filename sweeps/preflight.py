@@ -9,10 +9,11 @@ returns the problems as lines naming the field or file; `check_run` raises them 
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
+
+from sweeps.storage import folder_problem
 
 __all__ = ["device_problems", "where_problems", "nonfinite_problems", "dataset_problems", "run_problems",
            "resolved_problems", "source_problems", "check_run", "check_dataset", "SEED_MAX", "LR_CEILING"]
@@ -147,15 +148,14 @@ def _raise(what: str, errors: list[str]) -> None:
 
 def where_problems(storage: str, tracking_uri: str, storage_field: str = "storage",
                    uri_field: str = "tracking_uri") -> list[str]:
-    """Why the sweep could not write its storage folder or its MLflow store (local paths only: a URI such as
-    s3://... or http://... is for its server to judge), or why MLflow would not know the store's URI scheme."""
+    """Why the sweep could not use its storage (sweeps.storage.location_problems: a scheme it does not support, a
+    likely typo, a local folder that cannot be written) or write its MLflow store (local paths only: a server is
+    reached by sweeps.storage.check_storage and sweeps.tracking.check_server), or why MLflow would not know the
+    store's URI scheme. Without the network."""
     from sweeps import tracking
+    from sweeps.storage import location_problems
 
-    problems = []
-    if "://" not in storage:
-        p = _folder_problem(Path(os.path.abspath(os.path.expanduser(storage))))
-        if p:
-            problems.append(f"{storage_field} {storage!r}: {p}")
+    problems = location_problems(storage, storage_field)
     shown = tracking.redact_uri(tracking_uri)
     scheme = tracking_uri.split("://", 1)[0] if "://" in tracking_uri else ""
     known = _mlflow_schemes()
@@ -169,26 +169,14 @@ def where_problems(storage: str, tracking_uri: str, storage_field: str = "storag
         if db.exists() and not db.is_file():
             problems.append(f"{uri_field} {shown!r}: {tracking.redact_uri(str(db))} is not a file")
         else:
-            p = _folder_problem(db.parent)
+            p = folder_problem(db.parent)
             if p:
                 problems.append(f"{uri_field} {shown!r}: {p}")
     elif "://" not in uri and not uri.startswith(("databricks", "uc", "file:")):  # a local folder store
-        p = _folder_problem(Path(uri))
+        p = folder_problem(Path(uri))
         if p:
             problems.append(f"{uri_field} {shown!r}: {p}")
     return problems
-
-
-def _folder_problem(path: Path) -> str | None:
-    """Why `path` cannot be (made) a writable folder, looking only: its nearest existing ancestor decides."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder" if existing == path else f"it is under {existing}, a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable" if existing == path else f"{existing} (its nearest folder) is not writable"
-    return None
 
 
 def _mlflow_schemes() -> set[str] | None:

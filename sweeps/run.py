@@ -37,9 +37,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sweeps import cluster
 from sweeps.command import CommandError, Parser, positive_int, run_command
 from sweeps.config import Plan, SweepConfig, load_sweep, plan
-from sweeps.tracking import redact_uri
+from sweeps.storage import check_storage
+from sweeps.tracking import check_server, redact_uri
 
 __all__ = ["main", "run_sweep", "parse_args"]
 
@@ -59,8 +61,14 @@ def run_sweep(config: str | Path | SweepConfig, *, storage: str | None = None, t
         raise CommandError(f"--num-cpus: must be an integer >= 1, got {num_cpus}")
     sweep = config if isinstance(config, SweepConfig) else load_sweep(config)
     p = plan(sweep, storage=storage, tracking_uri=tracking_uri)  # all that can be checked before Ray starts
-    if check:
+    if check:  # and what the run checks once it starts: its storage and MLflow server reached, the cluster's nodes
+        check_where(sweep, storage, tracking_uri)
+        note = cluster.check_planned_resources(sweep, {str(c.params.get("train.device", "cpu")) for c in p.cells},
+                                               argparse.Namespace(address=address, num_cpus=num_cpus,
+                                                                  dashboard=dashboard))
         print_check(p)
+        if note:
+            print(note)
         return 0
     from sweeps.driver import Sweep
 
@@ -75,6 +83,19 @@ def run_sweep(config: str | Path | SweepConfig, *, storage: str | None = None, t
     code = driver.run()
     print(f"report: mist-bench report {shlex.quote(redact_uri(driver.dir))}", flush=True)
     return code
+
+
+def check_where(sweep: SweepConfig, storage: str | None, tracking_uri: str | None) -> None:
+    """The storage and the MLflow server, each reached once with a bounded wait (sweeps.storage.check_storage,
+    sweeps.tracking.check_server): one line naming the one that does not answer. The driver does the same when the
+    sweep starts ({head_ip}: this machine, where the driver runs)."""
+    check_storage(storage or sweep.storage, field="--storage" if storage else "storage")
+    uri = tracking_uri or sweep.tracking_uri
+    if "{head_ip}" in uri:
+        import ray
+
+        uri = uri.replace("{head_ip}", ray.util.get_node_ip_address())
+    check_server(uri, field="--tracking-uri" if tracking_uri else "tracking_uri")
 
 
 def print_check(p: Plan) -> None:
@@ -117,13 +138,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the sweep stored under storage/<name>")
     mode.add_argument("--fresh", action="store_true", help="discard an existing sweep of that name and start over")
-    ap.add_argument("--storage", help="override the config's storage (local dir, NFS or s3://...)")
+    ap.add_argument("--storage", help="override the config's storage (local dir, NFS or s3://bucket/prefix)")
     ap.add_argument("--tracking-uri", help="override the config's MLflow URI ({head_ip} = the driver node's IP)")
     ap.add_argument("--address", help="join this Ray cluster (auto, HOST:PORT); default: RAY_ADDRESS, else local")
     ap.add_argument("--num-cpus", type=positive_int, help="CPUs of the local Ray instance (default: all cores)")
     ap.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with the local instance")
     ap.add_argument("--check", action="store_true",
-                    help="validate the config and print the plan, its training steps and core-hours; run nothing")
+                    help="validate the config, reach its storage and MLflow server, check the cluster can hold a "
+                         "trial, print the plan, its training steps and core-hours; run nothing")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return ap.parse_args(argv)
 

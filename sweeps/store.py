@@ -3,12 +3,11 @@
 It holds sweep.json (the sweep's uid, its config, MLflow store and code version: written at the start, compared on a
 resume; every URI in it redacted, see sweeps.tracking.redact_uri), best/<dataset>__<method>.json (each search's best
 parameters), one Tune experiment per phase and the tidy results.parquet. Storage is a local path, an NFS mount or
-s3://... (read and written as sweeps.results does).
+s3://... (sweeps.storage; read and written as sweeps.results does).
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -19,6 +18,7 @@ from mist_core.config import ConfigError
 from sweeps import tracking
 from sweeps.config import SweepConfig
 from sweeps.results import delete_dir, read_bytes, write_atomic
+from sweeps.storage import parse_location
 
 __all__ = ["SweepDir", "SWEEP_FILE", "code_version", "storage_root", "join", "stored_state"]
 
@@ -27,7 +27,9 @@ WHERE_KEYS = ("storage", "tracking_uri")  # config keys a resume may change: whe
 
 
 def storage_root(storage: str) -> str:
-    return storage if "://" in storage else str(Path(os.path.expanduser(storage)).resolve())
+    """The folder the sweeps of `storage` live in, as sweeps.storage parses it (a ConfigError naming it if it is
+    not a location the sweep supports): a local path made absolute, or s3://bucket/prefix."""
+    return parse_location(storage).root
 
 
 def join(root: str, *parts: str) -> str:

@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 __all__ = ["redact_uri", "redact_values", "credential_uri", "credential_env", "URI_ENV", "SECRET_ENV", "REDACTED",
            "TrackingError",
-           "absolute_uri", "sqlite_path", "prepare", "open_sweep_run", "close_sweep_run", "log_metrics", "TrialRun",
+           "absolute_uri", "sqlite_path", "check_server", "prepare",
+           "open_sweep_run", "close_sweep_run", "log_metrics", "TrialRun",
            "trial_key", "find_trial_run", "terminate_if_running", "log_sweep_artifacts", "TAG_SWEEP", "TAG_TRIAL",
            "TAG_ROLE", "TAG_ATTEMPTS"]
 
@@ -157,6 +158,31 @@ def absolute_uri(uri: str, cwd: str | os.PathLike | None = None) -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_server(uri: str, timeout_s: float | None = None, field: str = "tracking_uri") -> None:
+    """An http(s) store's server asked once, at its /health, before a sweep starts (and at --check): a TrackingError
+    line naming it when nothing answers within `timeout_s` (None: sweeps.storage.reach_timeout()). Any HTTP answer
+    counts (a proxy's 401 included: MLflow's own calls judge the rest). Other stores are files, checked by
+    sweeps.preflight. MLflow's own long retries (minutes) stay for a server that goes away during the sweep."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from sweeps.storage import bounded, reach_timeout
+
+    timeout_s = reach_timeout() if timeout_s is None else timeout_s
+    shown = redact_uri(uri)
+    try:  # requests' timeout bounds each connect and read, not the name lookup: bounded() bounds the whole
+        bounded(lambda: requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s, allow_redirects=False),
+                timeout_s)
+    except TimeoutError:
+        raise TrackingError(f"{field} {shown}: no MLflow server answered within {timeout_s:g} s (no route to it, or "
+                            "it does not respond)") from None
+    except requests.RequestException as e:
+        why = re.search(r"\[Errno -?\d+\] [^'\")]*|Name or service not known|timed out", str(e))
+        raise TrackingError(f"{field} {shown}: no MLflow server answers there ({type(e).__name__}: "
+                            f"{why.group(0) if why else redact_uri(str(e))[:200]})") from None
 
 
 def _client(uri: str):
