@@ -223,7 +223,7 @@ stop_steps() {{
 }}
 finish() {{ stop_steps; exit "$1"; }}
 term=""
-# SIGTERM (the time limit's --signal, scancel --signal=TERM --batch, preemption): the driver checkpoints and closes
+# SIGTERM (before the time limit: --signal; scancel --signal=TERM; preemption): the driver checkpoints and closes
 # its MLflow runs; the job then requeues or ends
 on_term() {{
     term=1
