@@ -159,6 +159,32 @@ def _runs(uri: str):
     return c, c.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
 
 
+def _assert_whole(work: Path, db: str) -> None:
+    """The smoke sweep finished once: every trial in MLflow (each (run, metric, step) once, no run RUNNING), in
+    results.parquet (each row once), and the report."""
+    from sweeps.results import load_results
+
+    client, runs = _runs(db)
+    parents = [r for r in runs if r.data.tags.get("mist.role") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("mist.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 2 + 2 * 2 and len({r.data.tags["mist.trial_key"] for r in trials}) == 6
+    assert "RUNNING" not in {r.info.status for r in runs}
+    for r in trials:  # every (run, metric, step) once
+        for key in r.data.metrics:
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (r.info.run_name, key, steps)
+        if r.data.tags["phase"] == "seeds":
+            assert r.info.status == "FINISHED"
+            assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "rmse")) == [3, 6]
+    df = load_results(work / "runs" / "smoke")
+    assert df.trial.nunique() == 6
+    assert not df.duplicated(["trial", "metric", "step"]).any()
+    final = df[df.final & (df.phase == "seeds") & (df.metric == "rmse")]
+    assert sorted(zip(final.method, final.seed)) == [("mist", 0), ("mist", 1), ("trivial", 0), ("trivial", 1)]
+    assert (work / "runs" / "smoke" / "report" / "report.html").is_file()
+
+
 def test_smoke_sweep_on_slurm_stopped_by_sigterm_and_resumed(slurm, tmp_path):
     from sweeps.results import load_results
 
@@ -190,23 +216,24 @@ def test_smoke_sweep_on_slurm_stopped_by_sigterm_and_resumed(slurm, tmp_path):
     text = (work / "slurm" / "smoke" / f"slurm-{job2}.log").read_text()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-3000:]
     assert "resuming the Tune experiment" in text and "done: FINISHED" in text
-    client, runs = _runs(db)
-    parents = [r for r in runs if r.data.tags.get("mist.role") == "sweep"]
-    trials = [r for r in runs if r.data.tags.get("mist.role") == "trial"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(trials) == 2 + 2 * 2 and len({r.data.tags["mist.trial_key"] for r in trials}) == 6
-    assert "RUNNING" not in {r.info.status for r in runs}
-    for r in trials:  # every (run, metric, step) once
-        for key in r.data.metrics:
-            steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
-            assert len(steps) == len(set(steps)), (r.info.run_name, key, steps)
-        if r.data.tags["phase"] == "seeds":
-            assert r.info.status == "FINISHED"
-            assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "rmse")) == [3, 6]
-    df = load_results(work / "runs" / "smoke")
-    assert df.trial.nunique() == 6
-    assert not df.duplicated(["trial", "metric", "step"]).any()
-    final = df[df.final & (df.phase == "seeds") & (df.metric == "rmse")]
-    assert sorted(zip(final.method, final.seed)) == [("mist", 0), ("mist", 1), ("trivial", 0), ("trivial", 1)]
-    assert (work / "runs" / "smoke" / "report" / "report.html").is_file()
+    _assert_whole(work, db)
+    assert slurm.leftovers() == []
+
+
+def test_sigterm_before_the_time_limit_requeues_the_job_and_it_resumes(slurm, tmp_path):
+    """SIGTERM to the job's script alone, as `--signal=B:TERM@S` sends it before the time limit: the driver stops
+    and closes its runs, the script requeues the job, and its second start resumes the sweep to the end."""
+    job, _ = _submit(slurm, tmp_path)  # requeue: on by default
+    log = tmp_path / "slurm" / "smoke" / f"slurm-{job}.log"
+    deadline = time.monotonic() + 300
+    while "step 3 " not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+        time.sleep(1)
+    slurm.run("scancel", "--signal=TERM", "--batch", job)
+    info = slurm.wait(job)
+    text = log.read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), text[-3000:]
+    assert "requeued: the next start resumes the sweep" in text and "(start 2)" in text
+    assert "done: KILLED" in text and "resuming the Tune experiment" in text and "done: FINISHED" in text
+    _assert_whole(tmp_path, f"sqlite:///{tmp_path}/slurm/smoke/mlflow.db")
     assert slurm.leftovers() == []
