@@ -185,6 +185,7 @@ def _assert_whole(work: Path, db: str) -> None:
     assert (work / "runs" / "smoke" / "report" / "report.html").is_file()
 
 
+@pytest.mark.cluster
 def test_smoke_sweep_on_slurm_stopped_by_sigterm_and_resumed(slurm, tmp_path):
     from sweeps.results import load_results
 
@@ -220,6 +221,7 @@ def test_smoke_sweep_on_slurm_stopped_by_sigterm_and_resumed(slurm, tmp_path):
     assert slurm.leftovers() == []
 
 
+@pytest.mark.cluster
 def test_sigterm_before_the_time_limit_requeues_the_job_and_it_resumes(slurm, tmp_path):
     """SIGTERM to the job's script alone, as `--signal=B:TERM@S` sends it before the time limit: the driver stops
     and closes its runs, the script requeues the job, and its second start resumes the sweep to the end."""
