@@ -37,7 +37,7 @@ from mist_core.config import ConfigError, parse_config
 from sweeps.command import CommandError, Parser, positive_int, run_command
 from sweeps.config import Slurm, SweepConfig, find_config, load_sweep
 
-__all__ = ["Job", "prepare", "render", "submit", "time_limit_s", "trials_per_node", "SQLITE_MAX_TRIALS", "main"]
+__all__ = ["Job", "prepare", "check_shared", "render", "submit", "time_limit_s", "trials_per_node", "SQLITE_MAX_TRIALS", "main"]
 
 # SQLite takes one writer at a time: past about 8 fast trials the others queue on its lock (docs/cluster.md,
 # "The tracking path under many writers"); a job running more trials at once logs to the PostgreSQL server
@@ -147,11 +147,23 @@ def prepare(config: str | Path, *, storage: str | None = None, tracking_uri: str
         uri = f"sqlite:///{folder / 'mlflow.db'}"
     # the sweep's checks, with the job's storage and (a local) MLflow store: a config error is found here, not in
     # the queue hours later
-    plan(sweep, storage=store, tracking_uri=uri if not server else f"sqlite:///{folder / 'check.db'}")
-    # the storage check of a cluster's shared filesystem belongs here, once, on `store` and `folder`
+    check_shared(store, folder)
+    plan(sweep, storage=store, tracking_uri=uri)
     return Job(sweep=sweep, config=path, slurm=slurm, cpus_per_node=cpus, storage=store, folder=folder,
                tracking_uri=uri, server=server, resume=resume, fresh=fresh, workdir=Path.cwd(),
                python=sys.executable)
+
+
+def check_shared(storage: str, folder: Path) -> None:
+    """The one place a submission checks where the job will write on the shared filesystem: Tune's `storage` (its
+    folder is checked by the sweep's plan) and the job folder (script, logs, SQLite or PostgreSQL), which must be a
+    folder it can create and write; ConfigError naming it."""
+    from sweeps.preflight import where_problems
+
+    problems = where_problems(str(folder), f"sqlite:///{folder / 'mlflow.db'}", storage_field="--job-dir",
+                              uri_field="--job-dir")
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def render(job: Job) -> str:

@@ -100,6 +100,14 @@ def test_bad_settings_are_one_error_naming_them(tmp_path, monkeypatch, flags, na
         prepare(cfg, storage=str(tmp_path / "runs"), **{"gpus_per_node": 1, **flags})
 
 
+def test_a_job_dir_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match=r"--job-dir .*afile, a file"):
+        _job(tmp_path, monkeypatch, job_dir=str(tmp_path / "afile" / "jobs"))  # its SQLite store
+    with pytest.raises(ConfigError, match=r"--job-dir .*afile, a file"):
+        _job(tmp_path, monkeypatch, job_dir=str(tmp_path / "afile" / "jobs"), tracking="server")
+
+
 def test_time_limits():
     assert [time_limit_s(t) for t in ("30", "5:00", "01:00:00", "2-00", "1-02:03", "1-00:00:01")] == [
         1800, 300, 3600, 172800, 93780, 86401]
