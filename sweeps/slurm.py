@@ -43,7 +43,7 @@ __all__ = ["Job", "prepare", "check_shared", "render", "submit", "time_limit_s",
 # "The tracking path under many writers"); a job running more trials at once logs to the PostgreSQL server
 SQLITE_MAX_TRIALS = 8
 SCRIPT = "sweep.sbatch"
-NODE_IP_ENV = "MIST_SLURM_NODE_IP"  # the address Ray binds on every node (default: the node's first address)
+NODE_IP_ENV = "MIST_SLURM_NODE_IP"  # the address Ray binds on every node (default: the one Ray finds)
 
 
 @dataclass(frozen=True)
@@ -183,8 +183,10 @@ def render(job: Job) -> str:
     if job.server:
         server = f"""
 # the MLflow server the trials log to, on the head; its PostgreSQL database on the shared filesystem
-hosts=(--host "$head_ip")
-[ "$head_ip" = 127.0.0.1 ] || hosts+=(--host 127.0.0.1)
+# on the address the driver names the trials ({{head_ip}}: Ray's address of this node), the one Ray binds, and loopback
+hosts=(--host "$ray_ip")
+[ "$head_ip" = "$ray_ip" ] || hosts+=(--host "$head_ip")
+[ "$ray_ip" = 127.0.0.1 ] || [ "$head_ip" = 127.0.0.1 ] || hosts+=(--host 127.0.0.1)
 "$PY" -m sweeps.tracking_server --postgres-dir {q(str(job.folder / 'mlflow-pg'))} \\
     --postgres-port {s.postgres_port} --artifacts-destination {q(str(job.folder / 'mlflow-artifacts'))} \\
     "${{hosts[@]}}" --port {s.tracking_port} --log-dir {q(str(job.folder / 'tracking-logs'))} &
@@ -210,15 +212,18 @@ export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(str(job.folder / 'ray-auth-tok
 [ -s "$RAY_AUTH_TOKEN_PATH" ] || (umask 077 && "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' > "$RAY_AUTH_TOKEN_PATH")
 nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
 head=${{nodes[0]}}
-head_ip=${{{NODE_IP_ENV}:-$(hostname -I | awk '{{print $1}}')}}   # this script runs on the first node
+# the address Ray binds on this node (the script runs on the first one): NODE_IP_ENV, or the one Ray finds
+ray_ip=$("$PY" -c 'import ray.util; print(ray.util.get_node_ip_address())')
+head_ip=${{{NODE_IP_ENV}:-$ray_ip}}
 # a requeued job (its restart count > 0) continues the sweep it started
 if [ "${{SLURM_RESTART_COUNT:-0}}" -gt 0 ]; then again=--resume; else again={q(first) if first else '""'}; fi
 echo "mist-bench slurm: job $SLURM_JOB_ID (start $((${{SLURM_RESTART_COUNT:-0}} + 1))) on ${{nodes[*]}}; Ray head $head at $head_ip:$RAY_PORT"
 
 # one Ray node per SLURM node, named after it; SLURM_PROCID keeps the agents' ports apart on a shared host
 ray_node() {{
-    local ip=${{{NODE_IP_ENV}:-$(hostname -I | awk '{{print $1}}')}}
-    exec "$RAY" start --block --node-ip-address="$ip" --node-name="$SLURMD_NODENAME" --temp-dir="$RAY_TMP" \\
+    local ip=()
+    [ -z "${{{NODE_IP_ENV}:-}}" ] || ip=(--node-ip-address="${NODE_IP_ENV}")
+    exec "$RAY" start --block "${{ip[@]}}" --node-name="$SLURMD_NODENAME" --temp-dir="$RAY_TMP" \\
         --num-cpus={job.cpus_per_node} --num-gpus={s.gpus_per_node} --disable-usage-stats \\
         --dashboard-agent-listen-port=$((RAY_PORT + 100 + ${{1:-0}})) "${{@:2}}"
 }}
