@@ -217,7 +217,10 @@ def test_smoke_sweep_on_slurm_stopped_by_sigterm_and_resumed(slurm, tmp_path):
     assert "done: KILLED" in text and "continue with: mist-bench slurm" in text
     _, runs = _runs(db)
     assert runs and "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
-    assert len(load_results(work / "runs" / "smoke").trial.unique()) < 6  # stopped before the end
+    try:  # stopped before the end: not every trial has its rows (the first may have none yet)
+        assert load_results(work / "runs" / "smoke").trial.nunique() < 6
+    except FileNotFoundError:
+        pass
     assert slurm.leftovers() == []
 
     job2, _ = _submit(slurm, work, "--no-requeue", "--resume")
