@@ -4,6 +4,7 @@
   mist-bench sweep CONFIG [--resume]       run a sweep config (sweeps/configs/*.yaml) on local Ray or a cluster
   mist-bench report SWEEP_DIR              tables and figures from a sweep's results
   mist-bench tracking-server ...           the MLflow server a cluster logs to (PostgreSQL + S3; docs/cluster.md)
+  mist-bench slurm CONFIG [--dry-run]      a sweep as one SLURM job: Ray across the allocation (docs/cluster.md)
   mist-bench train --method M --dataset D  one training run, metrics printed as JSON
   mist-bench preview DATASET               a PNG grid of samples with their ground-truth boxes
   mist-bench methods | datasets            what the registries hold
@@ -115,6 +116,12 @@ def cmd_tracking_server(a: argparse.Namespace) -> int:
     return server_main(a.rest + ["--debug"] * a.debug)
 
 
+def cmd_slurm(a: argparse.Namespace) -> int:
+    from sweeps.slurm import main as slurm_main
+
+    return slurm_main(a.rest + ["--debug"] * a.debug)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="mist-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -135,7 +142,8 @@ def build_parser() -> Parser:
     for name, fn, what in (("sweep", cmd_sweep, "run a sweep config (python -m sweeps.run)"),
                            ("report", cmd_report, "build the report of a sweep (python -m analysis.report)"),
                            ("tracking-server", cmd_tracking_server,
-                            "the MLflow server a cluster logs to (python -m sweeps.tracking_server)")):
+                            "the MLflow server a cluster logs to (python -m sweeps.tracking_server)"),
+                           ("slurm", cmd_slurm, "run a sweep as a SLURM job (python -m sweeps.slurm)")):
         sub.add_parser(name, help=what, add_help=False).set_defaults(fn=fn, passes_on=True)
 
     t = sub.add_parser("train", parents=[debug], help="one training run")

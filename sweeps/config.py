@@ -33,7 +33,7 @@ from mist_core.presets import Scale
 from mist_core.train import RunConfig, resolve
 from sweeps.preflight import nonfinite_problems, run_problems, source_problems, where_problems
 
-__all__ = ["Budget", "Search", "Scheduler", "Resources", "Override", "SweepConfig", "Cell", "Plan", "flat_params",
+__all__ = ["Budget", "Search", "Scheduler", "Resources", "Override", "Slurm", "SweepConfig", "Cell", "Plan", "flat_params",
            "load_sweep", "find_config", "plan", "CONFIG_DIR"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -107,6 +107,29 @@ class Override(StrictConfig):
     train: dict[str, Any] = {}
 
 
+# SLURM's --time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+SLURM_TIME = r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$"
+
+
+class Slurm(StrictConfig):
+    """How `mist-bench slurm` runs the sweep as one SLURM job (its flags override these; sweeps.slurm)."""
+
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_node: int | None = Field(None, ge=1)   # None: what the node's trials ask for (resources.cpu x trials)
+    time: str = Field("01:00:00", pattern=SLURM_TIME)
+    partition: str | None = None
+    account: str | None = None
+    signal_s: int = Field(300, ge=0)        # SIGTERM this many seconds before the time limit (0: none)
+    requeue: bool = True                    # after a SIGTERM, requeue the job (it resumes the sweep)
+    tracking: Literal["auto", "sqlite", "server"] = "auto"
+    ray_port: int = Field(6379, ge=1, le=65535)
+    tracking_port: int = Field(5000, ge=1, le=65535)
+    postgres_port: int = Field(5432, ge=1, le=65535)
+    join_timeout_s: float = Field(300.0, gt=0)
+    job_dir: str = "slurm"                  # the job's script, log and MLflow store: job_dir/<sweep name>
+
+
 class SweepConfig(StrictConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     table: str | None = None                  # the paper table this reproduces ("1".."4"), None for smoke/quick
@@ -130,6 +153,7 @@ class SweepConfig(StrictConfig):
                                               # config file's folder)
     overrides: tuple[Override, ...] = ()
     exclude: tuple[str, ...] = ()             # "dataset/method" cells not run (e.g. baselines on Gabor in Table 1)
+    slurm: Slurm | None = None                # `mist-bench slurm`'s job (nodes, GPUs, time limit...)
 
     def canonical(self) -> dict[str, Any]:
         """The config as plain JSON data (to store beside the sweep and compare on resume)."""

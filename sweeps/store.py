@@ -23,7 +23,7 @@ from sweeps.storage import parse_location
 __all__ = ["SweepDir", "SWEEP_FILE", "code_version", "storage_root", "join", "stored_state"]
 
 SWEEP_FILE = "sweep.json"
-WHERE_KEYS = ("storage", "tracking_uri")  # config keys a resume may change: where the sweep lives, not what it is
+WHERE_KEYS = ("storage", "tracking_uri", "slurm")  # keys a resume may change: where the sweep runs, not what it is
 
 
 def storage_root(storage: str) -> str:

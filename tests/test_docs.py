@@ -134,6 +134,9 @@ EXPECT: dict[str, Callable[[str, Path], bool]] = {
         lambda out, wd: out.strip().endswith("runs/sweeps/smoke/report/report.html")
         and (wd / "runs/sweeps/smoke/report/report.html").is_file(),
     ".venv/bin/python -m bench.ladder table runs/ladder/recon.json": lambda out, wd: "| recon | mist |" in out,
+    ".venv/bin/mist-bench slurm sweeps/configs/smoke.yaml --nodes 2 --time 30 --no-requeue --dry-run":
+        lambda out, wd: out.startswith("#!/bin/bash\n") and "#SBATCH --nodes=2" in out and "--no-requeue" in out
+        and not (wd / "slurm").exists(),
 }
 
 
