@@ -28,13 +28,13 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import Formatter, Locator, MaxNLocator, NullFormatter
 
 from analysis.paper import (METHOD_LABELS, REFERENCE_METHODS, dataset_label, headline_metric, lower_is_better,
                             method_label, metric_label)
 
 __all__ = ["to_data_uri", "evenly_spaced", "example_figure", "methods_figure", "heatmap_figure",
-           "learning_curve_figure", "loss_figure", "quality_cost_figure", "method_color"]
+           "learning_curve_figure", "loss_figure", "quality_cost_figure", "method_color", "LogTicks", "PlainNumbers"]
 
 _ORDER = list(METHOD_LABELS)
 HEAT_CMAP = "magma"  # perceptually uniform, readable in grey print
@@ -47,6 +47,55 @@ def method_color(method: str) -> str:
     if method in _ORDER:
         return f"C{_ORDER.index(method) % 10}"
     return to_hex(colormaps["tab20"](2 * (zlib.crc32(method.encode()) % 10) + 1))
+
+
+class LogTicks(Locator):
+    """Major ticks of a log axis, 2 to `most` of them in view: the densest of 1..9 x 10^k, 1-2-5 x 10^k and 10^k
+    (every n-th power of ten over many decades) that fits; a span too short for two of those (under a factor of
+    about 1.3) gets evenly spaced plain ticks instead."""
+
+    SUBS = ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0), (1.0, 2.0, 5.0), (1.0,))
+
+    def __init__(self, most: int = 6) -> None:
+        self.most = most
+
+    def __call__(self) -> np.ndarray:
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
+        vmin, vmax = sorted((float(vmin), float(vmax)))
+        if not (vmin > 0 and np.isfinite(vmax)):
+            return np.array([])
+        decades = 10.0 ** np.arange(np.floor(np.log10(vmin)), np.ceil(np.log10(vmax)) + 1)
+        for subs in self.SUBS:
+            t = (decades[:, None] * np.asarray(subs)).ravel()
+            t = t[(t >= vmin * (1 - 1e-9)) & (t <= vmax * (1 + 1e-9))]
+            if 2 <= len(t) <= self.most:
+                return t
+        if len(t) > self.most:  # powers of ten over more decades than `most`: every stride-th one
+            return t[:: -(-len(t) // self.most)]
+        t = MaxNLocator(nbins=max(self.most - 2, 2), steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+        return t[(t >= vmin) & (t <= vmax)]
+
+
+class PlainNumbers(Formatter):
+    """Tick labels as plain numbers, thousands separated, with the fewest decimals (up to 8) that write every tick
+    in view exactly, so no two ticks read alike ('3 4 4 5' from 3, 3.5, 4, 4.5 is what this avoids)."""
+
+    @staticmethod
+    def _text(v: float, d: int) -> str:
+        text = f"{v:,.{d}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+
+    def format_ticks(self, values: Sequence[float]) -> list[str]:
+        v = np.asarray(values, dtype=np.float64)
+        for d in range(9):
+            if np.allclose(np.round(v, d), v, rtol=1e-6, atol=0.0):
+                return [self._text(x, d) for x in v]
+        return [f"{x:.3g}" for x in v]
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return self.format_ticks([x])[0]
 
 
 def to_data_uri(fig: Figure, dpi: int = 80) -> str:
@@ -84,11 +133,28 @@ def _top(scores: np.ndarray, count: int | None) -> np.ndarray:
     return order if count is None else order[: max(int(count), 0)]
 
 
-def _boxes(ax: Axes, boxes: np.ndarray, labels: list[str] | None = None, color: str = "lime") -> None:
-    for j, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64)):
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.2))
-        if labels:
-            ax.text(x0, y0 - 1, labels[j], color=color, fontsize=7, va="bottom", ha="left")
+def _boxes(ax: Axes, boxes: np.ndarray, color: str | Sequence[str] = "lime") -> None:
+    """Outline each (x0,y0,x1,y1) box; `color` one for all or one per box."""
+    colors = [color] * len(boxes) if isinstance(color, str) else list(color)
+    for (x0, y0, x1, y1), c in zip(np.asarray(boxes, dtype=np.float64), colors):
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=1.2))
+
+
+MAX_NAMED = 10  # detections told apart by colour (tab10) and named in the legend; any more are drawn grey
+
+
+def _detection_colors(n: int) -> list[str]:
+    return [f"C{j}" if j < MAX_NAMED else "0.6" for j in range(n)]
+
+
+def _score_legend(ax: Axes, labels: list[str], colors: list[str]) -> None:
+    """The detections' labels beside the panel, one row per box in its colour: labels drawn on the image pile up
+    where boxes overlap, as an untrained method's do."""
+    h = [Patch(facecolor="none", edgecolor=c, lw=1.2, label=t) for t, c in zip(labels[:MAX_NAMED], colors)]
+    if len(labels) > MAX_NAMED:
+        h.append(Patch(facecolor="none", edgecolor="0.6", lw=1.2, label=f"{len(labels) - MAX_NAMED} more"))
+    ax.legend(handles=h, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=6, frameon=False,
+              handlelength=1.0, borderaxespad=0.0, title="score", title_fontsize=6)
 
 
 def _crop(img: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -105,7 +171,8 @@ def example_figure(images: np.ndarray, boxes: np.ndarray, scores: np.ndarray, re
                    gt_boxes: np.ndarray | None = None, n_examples: int = 2, max_patches: int = 9, title: str = "",
                    **_: Any) -> Figure:
     """Paper Figures 3 / 5: per example, input (with its first gt_count ground-truth boxes when given) | detections
-    with their scores | reconstruction | heatmap on top, and below one column per shown detection: the input crop
+    (a colour per box, its score, and predicted class when classifying, in a legend beside the panel) |
+    reconstruction | heatmap on top, and below one column per shown detection in its box's colour: the input crop
     under its box, and the task network's per-patch output."""
     n = min(n_examples, len(images))
     fig = Figure(figsize=(9, 3.6 * n), layout="constrained")
@@ -116,8 +183,9 @@ def example_figure(images: np.ndarray, boxes: np.ndarray, scores: np.ndarray, re
         shown = _top(scores[i], count)  # every detection counted (drawn), the first max_patches as patches
         idx = shown[:max_patches]
         # each detection labelled with its score (and its predicted class when classifying)
-        labels = [(f"{int(np.argmax(class_probs[i, k]))} " if class_probs is not None else "")
+        labels = [(f"{int(np.argmax(class_probs[i, k]))}: " if class_probs is not None else "")
                   + f"{float(scores[i][k]):.2f}" for k in shown]
+        colors = _detection_colors(len(shown))
         panels = [("input", images[i], False), ("detections", images[i], True)]
         if recon is not None:
             panels.append(("reconstruction", recon[i], patches is None))
@@ -130,7 +198,9 @@ def example_figure(images: np.ndarray, boxes: np.ndarray, scores: np.ndarray, re
             if name == "heatmap":
                 top.colorbar(ax.images[0], ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
             if with_boxes:
-                _boxes(ax, boxes[i][shown], labels)
+                _boxes(ax, boxes[i][shown], colors)
+                if name == "detections" and len(shown):
+                    _score_legend(ax, labels, colors)
             elif name == "input" and gt_boxes is not None:
                 _boxes(ax, gt_boxes[i][:count], color="deepskyblue")
         if len(idx) == 0:
@@ -138,6 +208,9 @@ def example_figure(images: np.ndarray, boxes: np.ndarray, scores: np.ndarray, re
         axs = np.asarray(bottom.subplots(strips, len(idx), squeeze=False))
         for c, k in enumerate(idx):
             _show(axs[0, c], _crop(np.asarray(images[i]), boxes[i, k]), labels[c])
+            axs[0, c].title.set_color(colors[c])
+            for spine in axs[0, c].spines.values():
+                spine.set_edgecolor(colors[c])
             if patches is not None:
                 _show(axs[1, c], patches[i, k])
         axs[0, 0].set_ylabel("patch", fontsize=7)
@@ -203,11 +276,20 @@ def _key(method: str) -> tuple[int, str]:
     return (_ORDER.index(method) if method in _ORDER else len(_ORDER), method)
 
 
+def _line_label(method: str) -> str:
+    """A method's name in legends; a reference method's marked as such (its lines are dashed)."""
+    return method_label(method) + (" (reference)" if method in REFERENCE_METHODS else "")
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" + ("" if n == 1 else "s")
+
+
 def _legend(fig: Figure, methods: Sequence[str], phases: Sequence[str] = (), extra: Sequence[Any] = ()) -> None:
     """One legend for the whole figure, below it: a colour per method (dashed: a reference method), a marker per
     phase, and any `extra` handles."""
     h = [Line2D([], [], color=method_color(m), lw=2, ls="--" if m in REFERENCE_METHODS else "-",
-                label=method_label(m) + (" (reference)" if m in REFERENCE_METHODS else "")) for m in methods]
+                label=_line_label(m)) for m in methods]
     h += [Line2D([], [], color="0.4", marker=_MARK.get(p, "s"), ls="", label=f"{p} trial") for p in phases]
     h += list(extra)
     fig.legend(handles=h, loc="outside lower center", ncols=min(len(h), 8), fontsize=7, frameon=False)
@@ -247,16 +329,17 @@ def learning_curve_figure(df: pd.DataFrame, task: str, x: str = "step",
         for method, g in sorted(p.groupby("method"), key=lambda kv: _key(kv[0])):
             c = method_color(method)
             if method in REFERENCE_METHODS:
-                ax.axhline((g[g["final"]] if g["final"].any() else g)["value"].mean(), color=c, ls="--", lw=1.2)
+                ax.axhline((g[g["final"]] if g["final"].any() else g)["value"].mean(), color=c, ls="--", lw=1.2,
+                           label=_line_label(method))
                 continue
             a = g.groupby("step").agg(x=(x, "mean"), y=("value", "mean"), lo=("value", "min"), hi=("value", "max"))
             a = a[a["x"] > 0]  # a log axis has no place for 0
             ax.fill_between(a["x"], a["lo"], a["hi"], color=c, alpha=0.2, lw=0)
-            ax.plot(a["x"], a["y"], color=c, lw=1.5, marker="o", ms=2.5)
+            ax.plot(a["x"], a["y"], color=c, lw=1.5, marker="o", ms=2.5, label=_line_label(method))
         ax.set_xscale("log")
-        # plain numbers at 1, 2, 5 x 10^k: a run of 1,000 steps spans one decade, which 10^k ticks leave unlabelled
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+        # a run of 1,000 steps spans one decade and a smoke run a factor of 2: 10^k ticks would leave both unlabelled
+        ax.xaxis.set_major_locator(LogTicks())
+        ax.xaxis.set_major_formatter(PlainNumbers())
         ax.xaxis.set_minor_formatter(NullFormatter())
         arrow = "lower is better" if lower_is_better(metric) else "higher is better"
         ax.set_title(f"{dataset_label(ds)}: {metric_label(metric)}", fontsize=9)
@@ -270,8 +353,9 @@ def learning_curve_figure(df: pd.DataFrame, task: str, x: str = "step",
 
 
 def loss_figure(df: pd.DataFrame, max_cols: int = 4) -> Figure | None:
-    """Paper Figure 7 (a, b) for every method: one panel per (dataset, task, train_* loss) against step, one
-    thin line per trial (the seeds phase when a (dataset, task, method) has one), one colour per method."""
+    """Paper Figure 7 (a, b) for every method: one panel per (dataset, task, train_* loss) against step, per method
+    the mean over its trials (the seeds phase when a (dataset, task, method) has one) as a line and their min-max
+    as a band, one colour per method (dashed: a reference method), named in the panel's own legend."""
     d = df[df["metric"].str.startswith("train_")]
     if d.empty:
         return None
@@ -285,14 +369,18 @@ def loss_figure(df: pd.DataFrame, max_cols: int = 4) -> Figure | None:
     fig = Figure(figsize=(3.2 * ncol, 2.5 * nrow), layout="constrained")
     axs = np.asarray(fig.subplots(nrow, ncol, squeeze=False))
     for ax, (dataset, task, metric, gm) in zip(axs.flat, panels):
-        for (method, _trial), gt in gm.sort_values("step").groupby(["method", "trial"], sort=True):
-            ax.plot(gt["step"], gt["value"], color=method_color(method), lw=0.9, alpha=0.8)
+        for method, g in sorted(gm.groupby("method"), key=lambda kv: _key(kv[0])):
+            a = g.groupby("step")["value"].agg(["mean", "min", "max"])
+            c, ls = method_color(method), "--" if method in REFERENCE_METHODS else "-"
+            ax.fill_between(a.index, a["min"], a["max"], color=c, alpha=0.2, lw=0)
+            ax.plot(a.index, a["mean"], color=c, ls=ls, lw=1.2,
+                    label=f"{_line_label(method)}, {_trials(g['trial'].nunique())}")
         ax.set_title(f"{dataset_label(dataset)} ({task}): {metric}", fontsize=8)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="best", frameon=False)
     for ax in axs.flat[len(panels):]:
         ax.set_axis_off()
-    _legend(fig, sorted(d["method"].unique(), key=_key))
     return fig
 
 

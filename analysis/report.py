@@ -27,7 +27,7 @@ import pandas as pd
 from analysis import figures
 from analysis.compare import CONFIDENCE, N_RESAMPLES, comparisons
 from analysis.paper import METHOD_LABELS, METHOD_NOTES, TABLES, dataset_label, method_label
-from analysis.tables import (FLAG, LEGEND, all_tables, check_rows, cost_table, format_cost, format_summary,
+from analysis.tables import (CORE_S, CORE_S_TOTAL, FLAG, LEGEND, all_tables, check_rows, cost_table, format_cost, format_summary,
                              method_summary, table_view, to_html, to_latex, to_markdown, trial_summary)
 
 
@@ -188,9 +188,10 @@ def _tables_html(df: pd.DataFrame, md: list[str]) -> str:
         if view.frame.empty:
             empty.append(tid)
             continue
-        body.append(f"<h3>{html.escape(spec.title)}</h3><p class='caption'>Paper: {html.escape(spec.caption)}</p>"
+        body.append(f"<h3>{html.escape(spec.title)}</h3><p class='caption'>Paper: {html.escape(spec.caption)}<br>"
+                    f"Here: {html.escape(CORE_S)}.</p>"
                     f"<div class='wide'>{to_html(view.frame, index=False, classes=view.classes)}</div>")
-        md.append(f"## {spec.title}\n\n{to_markdown(view.frame, index=False)}\n")
+        md.append(f"## {spec.title}\n\n{CORE_S}.\n\n{to_markdown(view.frame, index=False)}\n")
         if view.not_run:
             body.append(f"<p class='folded'>{html.escape(', '.join(view.not_run))}: not in this run "
                         f"({html.escape(spec.config)} runs them).</p>")
@@ -263,8 +264,8 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_dir: str | Path | 
     body.append("<h2>Tables 1-4</h2><p class='note'>One row per method. ours = mean ± sample std over trials (the "
                 "seeds phase when there is one, else every final trial; (n=k) when fewer trials have that metric); "
                 "paper = as printed; Δ = ours − paper; detection = ground-truth instances matched at IoU ≥ .5 by "
-                "the image's top-count boxes; steps = the most any trial ran; core-s / trial = mean training CPU "
-                "seconds. Tables 2-4 are in percent.</p>")
+                "the image's top-count boxes; steps = the most any trial ran; core-s / trial as each caption says, the "
+                "same in every table. Tables 2-4 are in percent.</p>")
     body.append(_tables_html(df, md))
     tex += [to_latex(wide, caption=TABLES[tid].title, label=f"tab:mist-bench-{tid}")
             for tid, (_, wide) in tables.items()]
@@ -276,9 +277,10 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_dir: str | Path | 
                     f"reference rows; {FLAG} and the note mark one that does not beat them.</p>")
         for task, s in summary.groupby("task", sort=True):
             fs, cls = format_summary(s.reset_index(drop=True))
-            body.append(f"<h3>{html.escape(str(task))}</h3><div class='wide'>"
-                        f"{to_html(fs, index=False, classes=cls)}</div>")
-            md.append(f"## Every method: final test metrics ({task})\n\n{to_markdown(fs, index=False)}\n")
+            body.append(f"<h3>{html.escape(str(task))}</h3><p class='caption'>{html.escape(CORE_S)}.</p>"
+                        f"<div class='wide'>{to_html(fs, index=False, classes=cls)}</div>")
+            md.append(f"## Every method: final test metrics ({task})\n\n{CORE_S}.\n\n"
+                      f"{to_markdown(fs, index=False)}\n")
         summary.to_csv(out / "summary.csv", index=False)
     curves = _learning_curves(df, notes)
     body.append("<h2>Learning curves (test metrics)</h2><p class='note'>The test metrics at every evaluation "
@@ -297,14 +299,15 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_dir: str | Path | 
     comps.to_csv(out / "comparisons.csv", index=False)
     cost.to_csv(out / "cost.csv", index=False)
     fc = format_cost(cost)
-    body.append("<h2>Cost</h2><p class='note'>core-seconds = a trial's final cumulative training CPU seconds; "
-                "trials = search + seeds, so unequal budgets show.</p>" + to_html(fc, index=False))
-    md.append(f"## Cost\n\n{to_markdown(fc, index=False)}\n")
+    body.append(f"<h2>Cost</h2><p class='caption'>trials = search + seeds, so unequal budgets show; "
+                f"{html.escape(CORE_S_TOTAL)}; {html.escape(CORE_S)}.</p>" + to_html(fc, index=False))
+    md.append(f"## Cost\n\n{CORE_S_TOTAL}; {CORE_S}.\n\n{to_markdown(fc, index=False)}\n")
     body.append("<h2>Figures</h2>" + _figures(df, sweep, notes))
     loss = _figure_html(figures.loss_figure, "training losses", notes, df)
     if loss:
         body.append("<h2>Training losses (method-internal)</h2><p class='note'>Each method's own training losses "
-                    "(mean since the previous report; paper Figure 7 a, b): not comparable across methods.</p>"
+                    "(mean since the previous report; paper Figure 7 a, b): not comparable across methods. Line = mean "
+                    "over a method's trials (its seeds when it has them), band = their min-max.</p>"
                     + loss)
     if notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")

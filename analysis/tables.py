@@ -22,7 +22,8 @@ from analysis.paper import (ADDED, ADDED_METHODS, METHOD_LABELS, REFERENCE_METHO
                             dataset_label, lower_is_better, method_label, metric_label)
 
 __all__ = ["REQUIRED_COLUMNS", "MISSING", "NOT_RUN", "PAPER_NONE", "FLAG", "LEGEND", "check_rows", "final_rows",
-           "select_trials", "trial_values", "table_cells", "format_ours", "format_table", "all_tables", "per_trial",
+           "select_trials", "results_phase", "core_seconds_per_trial", "format_core_seconds", "CORE_S",
+           "CORE_S_TOTAL", "trial_values", "table_cells", "format_ours", "format_table", "all_tables", "per_trial",
            "method_stats", "bar_flags", "TableView", "table_view", "trial_summary", "cost_table", "format_cost",
            "method_summary", "format_summary", "to_markdown", "to_html", "to_latex"]
 
@@ -37,6 +38,13 @@ LEGEND = (f"{NOT_RUN} = not run here (no result in these rows); {PAPER_NONE} = t
           f"{FLAG} = does not beat the reference line in that column (the note names it). Shaded rows below the "
           "line are reference methods, no competitors: the mean image (Trivial) and k-means of ink pixels with "
           "no learning (k-means floor).")
+
+
+# The one core-seconds-per-trial of every table (paper tables, every-method summary, cost), stated in each caption.
+CORE_S = ("core-s / trial = the mean, over the trials a row's results come from (its seeds-phase trials when it has "
+          "any, else every finished trial), of each trial's training CPU seconds up to its final evaluation")
+CORE_S_TOTAL = ("core-s total = the sum of training CPU seconds over all a row's trials, search and early-stopped "
+                "ones included")
 
 
 def check_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -56,9 +64,28 @@ def select_trials(df: pd.DataFrame, table: str, task: str, dataset: str, method:
     f = df[df["final"] & (df["task"] == task) & (df["dataset"] == dataset) & (df["method"] == method)]
     if (f["table"] == table).any():
         f = f[f["table"] == table]
-    if (f["phase"] == "seeds").any():
-        f = f[f["phase"] == "seeds"]
-    return f
+    return results_phase(f)
+
+
+def results_phase(f: pd.DataFrame) -> pd.DataFrame:
+    """Of one method's final rows, those its results come from: the seeds phase when there is one, else all."""
+    return f[f["phase"] == "seeds"] if (f["phase"] == "seeds").any() else f
+
+
+def core_seconds_per_trial(f: pd.DataFrame) -> float:
+    """CORE_S of the final rows `f` of the trials a result comes from (results_phase's): the mean over trials of
+    each one's largest cumulative core_seconds; NaN without rows."""
+    return float(f.groupby("trial")["core_seconds"].max().mean()) if len(f) else math.nan
+
+
+def format_core_seconds(x: float) -> str:
+    """Three significant digits below 100 ('1.57', '0.00101', '15.0'), whole seconds with separators above
+    ('1,234'); NOT_RUN when not finite."""
+    if not np.isfinite(x):
+        return NOT_RUN
+    if x == 0 or abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{max(0, 2 - math.floor(math.log10(abs(x))))}f}"
 
 
 def trial_values(df: pd.DataFrame, table: str, task: str, dataset: str, method: str, metric: str) -> pd.DataFrame:
@@ -139,11 +166,10 @@ def per_trial(f: pd.DataFrame) -> pd.DataFrame:
 
 
 def method_stats(g: pd.DataFrame, metrics: tuple[str, ...], scale: float = 1.0) -> dict[str, float]:
-    """One method's per-trial rows -> trials, steps (the most any trial ran), core_seconds (mean per trial) and,
+    """One method's per-trial rows -> trials, steps (the most any trial ran), core_seconds (CORE_S) and,
     per metric, mean, sample std (ddof=1) and n over the trials with a finite value, times `scale`."""
     out: dict[str, float] = {"trials": g["trial"].nunique(), "steps": int(g["step"].max()) if len(g) else 0,
-                             "core_seconds": float(g.groupby("trial")["core_seconds"].max().mean()) if len(g)
-                             else math.nan}
+                             "core_seconds": core_seconds_per_trial(g)}
     for m in metrics:
         v = g.loc[g["metric"] == m, "value"].astype(float) * scale
         v = v[np.isfinite(v)]
@@ -230,7 +256,7 @@ def table_view(df: pd.DataFrame, spec: TableSpec) -> TableView:
                         else f"{diff:+.{d}f}"]
             row += [_mean_cell(st, m, d, m in flagged) for m in extras]
             row += [f"{st['steps']:,}" if st["trials"] else NOT_RUN,
-                    f"{st['core_seconds']:,.1f}" if np.isfinite(st["core_seconds"]) else NOT_RUN,
+                    format_core_seconds(st["core_seconds"]),
                     "; ".join(flagged.values())]
             rows.append(row)
             heads = [head[m] for m in paper_metrics if m in flagged] + [SHORT_LABELS[m] for m in extras if m in flagged]
@@ -251,12 +277,10 @@ def method_summary(df: pd.DataFrame) -> pd.DataFrame:
     is one), steps, core-seconds per trial; competitors first, then the reference methods, marked. A competitor
     that does not beat a reference line (BARS) is flagged in `note` and its metric listed in `flagged`."""
     f = final_rows(check_rows(df))
-    if (f["phase"] == "seeds").any():
-        f = f[f["phase"] == "seeds"]
     metrics = tuple(m for m, _ in SUMMARY_METRICS)
     rows = []
     for (task, dataset), gd in per_trial(f).groupby(["task", "dataset"], sort=True):
-        stats = {m: method_stats(g, metrics) for m, g in gd.groupby("method", sort=True)}
+        stats = {m: method_stats(results_phase(g), metrics) for m, g in gd.groupby("method", sort=True)}
         bars = bar_flags(stats)
         for method, st in stats.items():
             ref = method in REFERENCE_METHODS
@@ -283,7 +307,7 @@ def format_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows.append({"task": r.task, "dataset": dataset_label(r.dataset),
                      "method": method_label(r.method) + (" (reference)" if r.reference else ADDED if r.added else ""),
                      "trials": r.trials, "steps": f"{r.steps:,}",
-                     "core-s / trial": f"{r.core_seconds:,.1f}" if np.isfinite(r.core_seconds) else NOT_RUN,
+                     "core-s / trial": format_core_seconds(r.core_seconds),
                      **{label: _mean_cell(st, m, 3, m in flagged) for m, label in metrics}, "note": r.note})
         start = r.reference and (i == 0 or not summary["reference"].iloc[i - 1]
                                  or summary["dataset"].iloc[i - 1] != r.dataset)
@@ -303,27 +327,32 @@ def trial_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def cost_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (table, task, dataset, method): trials in search / seeds / total, core-seconds total and mean per trial."""
-    t = trial_summary(check_rows(df))
+    """Per (table, task, dataset, method): trials in search / seeds / total, core-seconds total over all of them
+    (CORE_S_TOTAL) and per trial (CORE_S: the trials the results come from, as in every other table)."""
+    rows = check_rows(df)
+    rows = rows.assign(table=rows["table"].fillna("-"))  # a sweep that is no paper table (smoke, quick): still costed
+    keys = ["table", "task", "dataset", "method"]
+    t = trial_summary(rows)
     t = t.assign(search=(t["phase"] == "search").astype(int), seeds=(t["phase"] == "seeds").astype(int))
-    # dropna=False: a sweep that is no paper table (smoke, quick) has table None and must still be costed
-    g = t.assign(table=t["table"].fillna("-")).groupby(["table", "task", "dataset", "method"], sort=True, dropna=False)
-    out = g.agg(trials_search=("search", "sum"), trials_seeds=("seeds", "sum"), trials=("trial", "nunique"),
-                 core_seconds_total=("core_seconds", "sum"),
-                 core_seconds_mean=("core_seconds", "mean")).reset_index()
+    out = t.groupby(keys, sort=True, dropna=False).agg(
+        trials_search=("search", "sum"), trials_seeds=("seeds", "sum"), trials=("trial", "nunique"),
+        core_seconds_total=("core_seconds", "sum")).reset_index()
+    per_trial_cost = {k: core_seconds_per_trial(results_phase(g))
+                      for k, g in final_rows(rows).groupby(keys, sort=True, dropna=False)}
+    out["core_seconds_mean"] = [per_trial_cost.get(k, math.nan) for k in out[keys].itertuples(index=False, name=None)]
     order = {m: i for i, m in enumerate(METHOD_LABELS)}  # the paper's column order, unknown methods last
     return out.sort_values(["table", "task", "dataset", "method"], key=lambda c: c.map(order).fillna(len(order))
                            if c.name == "method" else c, ignore_index=True)
 
 
 def format_cost(cost: pd.DataFrame) -> pd.DataFrame:
-    """Readable cost table (labels, rounded seconds)."""
+    """Readable cost table (labels; seconds as format_core_seconds writes them)."""
     return pd.DataFrame({
         "table": cost["table"], "task": cost["task"], "dataset": cost["dataset"].map(dataset_label),
         "method": cost["method"].map(method_label), "trials (search)": cost["trials_search"],
         "trials (seeds)": cost["trials_seeds"], "trials": cost["trials"],
-        "core-s total": cost["core_seconds_total"].map(lambda x: f"{x:,.0f}"),
-        "core-s / trial": cost["core_seconds_mean"].map(lambda x: f"{x:,.1f}")})
+        "core-s total": cost["core_seconds_total"].map(format_core_seconds),
+        "core-s / trial": cost["core_seconds_mean"].map(format_core_seconds)})
 
 
 def _flat(wide: pd.DataFrame) -> pd.DataFrame:

@@ -136,7 +136,8 @@ def test_cost_counts_search_and_seeds() -> None:
     cost = tables.cost_table(_rows()).set_index(["table", "dataset", "method"])
     easy = cost.loc[("1", "mnist_easy", "mist")]
     assert (easy["trials_search"], easy["trials_seeds"], easy["trials"]) == (1, 3, 4)
-    assert math.isclose(easy["core_seconds_total"], 10 + 20 + 30 + 7) and math.isclose(easy["core_seconds_mean"], 67 / 4)
+    assert math.isclose(easy["core_seconds_total"], 10 + 20 + 30 + 7)  # every trial, the search one included
+    assert math.isclose(easy["core_seconds_mean"], 20.0)  # per trial: the seeds the results come from, as Table 1
     assert cost.loc[("1", "mnist_hard", "grid")]["trials"] == 2
 
 
@@ -236,7 +237,7 @@ def test_heatmap_history_and_figure(tmp_path: Path) -> None:
 
 def test_example_figure_draws_ground_truth_and_scored_detections() -> None:
     """The input panel holds the image's gt_count ground-truth boxes; the detections panel its top gt_count boxes by
-    score, each labelled with its score."""
+    score, each named with its score in the panel's legend."""
     from matplotlib.patches import Rectangle
 
     from analysis import figures
@@ -250,7 +251,7 @@ def test_example_figure_draws_ground_truth_and_scored_detections() -> None:
     rects = {t: [p.get_xy() for p in panel[t].patches if isinstance(p, Rectangle)] for t in ("input", "detections")}
     assert rects["input"] == [(0.5, 0.5), (9.5, 9.5)]
     assert rects["detections"] == [(-0.5, -0.5), (11.5, 11.5)]                # scores 0.9 and 0.5, not 0.1
-    assert [t.get_text() for t in panel["detections"].texts] == ["0.90", "0.50"]
+    assert [t.get_text() for t in panel["detections"].get_legend().get_texts()] == ["0.90", "0.50"]
 
 
 def test_main_logs_the_report_to_mlflow(tmp_path: Path) -> None:
@@ -342,3 +343,163 @@ def test_method_summary_marks_references_and_flags_losers() -> None:
     assert shown.loc[1, "RMSE"] == "0.320 ± 0.014 †" and cls.loc[1, "RMSE"] == "flag"
     assert cls.loc[2, "method"] == "ref refstart" and cls.loc[0, "RMSE"] == ""
     assert "AP@.5" not in shown.columns  # no row has it
+
+
+# The report's drawings: tick labels readable, every line named, labels that do not pile up, one core-s per trial.
+
+def _smoke_rows() -> pd.DataFrame:
+    """Rows shaped like the smoke sweep's: evaluations at steps 3 and 6 only, a fraction of a core-second each (a
+    log axis spanning a factor of 2; MIST's core-seconds as a smoke sweep measured them), MIST on 2 seeds beside
+    the mean image, a training loss per method."""
+    rows = []
+    for method, core in (("mist", {3: 0.245, 6: 0.44}), ("trivial", {3: 0.0006, 6: 0.001})):
+        for seed in (0, 1):
+            for step in (3, 6):
+                for metric, value in (("rmse", 0.34 - 0.001 * step), ("det_rate", 0.3 + 0.01 * seed),
+                                      ("train_loss", 0.1 - 0.002 * step + 0.01 * seed)):
+                    rows.append(dict(sweep="smoke", trial=f"{method}{seed}", phase="seeds", method=method,
+                                     dataset="mnist_hard", table=None, task="recon", scale="smoke", seed=seed,
+                                     step=step, final=step == 6, metric=metric, value=value,
+                                     core_seconds=core[step] * (1 + 0.03 * seed), wall_seconds=1.0))
+    return tables.check_rows(pd.DataFrame(rows))
+
+
+def _wide_rows() -> pd.DataFrame:
+    """Rows of a long run: evaluations every 100 of 1,000 steps, core-seconds from 0.1 to about 1,000."""
+    rows = []
+    for method, per_step in (("mist", 1.0), ("grid", 0.0001)):
+        for seed in (0, 1):
+            for step in range(100, 1001, 100):
+                for metric, value in (("rmse", 0.3 - 0.0001 * step), ("det_rate", 0.0005 * step), ("train_task", 1 / step)):
+                    rows.append(dict(sweep="q", trial=f"{method}{seed}", phase="seeds", method=method,
+                                     dataset="mnist_hard", table=None, task="recon", scale="quick", seed=seed,
+                                     step=step, final=step == 1000, metric=metric, value=value,
+                                     core_seconds=per_step * step * (1 + 0.1 * seed), wall_seconds=1.0))
+    return tables.check_rows(pd.DataFrame(rows))
+
+
+def _drawn(fig):
+    """The figure laid out and drawn by Agg (as the report's PNG is); its renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def _overlapping(texts, renderer, gap_pt: float = 1.0) -> list[tuple[str, str]]:
+    """Pairs of texts whose rendered extents overlap or come closer than `gap_pt` points (labels that touch run
+    together as much as overlapping ones)."""
+    pad = gap_pt * renderer.points_to_pixels(1.0) / 2
+    boxes = [(t.get_text(), t.get_window_extent(renderer).padded(pad)) for t in texts
+             if t.get_visible() and t.get_text()]
+    return [(a, b) for i, (a, ea) in enumerate(boxes) for b, eb in boxes[i + 1:]
+            if ea.x0 < eb.x1 and eb.x0 < ea.x1 and ea.y0 < eb.y1 and eb.y0 < ea.y1]
+
+
+def _assert_readable(fig) -> None:
+    """Every axis's tick labels in view are distinct and their rendered extents do not overlap; the texts an Axes
+    carries (annotations and its legend's entries) do not overlap either."""
+    renderer = _drawn(fig)
+    for ax in fig.axes:
+        if not ax.get_visible() or not ax.axison:
+            continue
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            lo, hi = sorted(axis.get_view_interval())
+            shown = [t for loc, t in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+                     if lo - 1e-9 * abs(hi) <= loc <= hi + 1e-9 * abs(hi) and t.get_visible() and t.get_text()]
+            labels = [t.get_text() for t in shown]
+            where = f"{ax.get_title() or ax.get_label()!r} {name} axis"
+            assert len(set(labels)) == len(labels), f"{where}: tick labels repeat: {labels}"
+            assert not _overlapping(shown, renderer), f"{where}: tick labels overlap: {_overlapping(shown, renderer)}"
+        legend = ax.get_legend()
+        texts = list(ax.texts) + (list(legend.get_texts()) if legend else [])
+        assert not _overlapping(texts, renderer), f"{ax.get_title()!r}: labels overlap: {_overlapping(texts, renderer)}"
+
+
+def _assert_lines_named(fig) -> None:
+    """Wherever an Axes draws more than one line, each line's label is an entry of its legend (or the figure's)."""
+    for ax in fig.axes:
+        lines = [ln for ln in ax.get_lines() if ln.get_visible()]
+        if len(lines) < 2:
+            continue
+        legends = [ax.get_legend(), *fig.legends]
+        entries = {t.get_text() for lg in legends if lg is not None for t in lg.get_texts()}
+        for ln in lines:
+            assert ln.get_label() in entries, f"{ax.get_title()!r}: a line ({ln.get_label()!r}) not in a legend"
+
+
+@pytest.mark.parametrize("rows", [_smoke_rows, _wide_rows, lambda: tables.check_rows(_rows())],
+                         ids=["smoke", "1000-steps", "fixture"])
+def test_curve_figures_have_readable_ticks_and_named_lines(rows) -> None:
+    """Learning curves (log x over steps and core-seconds), training losses and quality against cost: distinct,
+    non-overlapping tick labels at every span (a factor of 2 as in the smoke sweep, several decades) and a legend
+    entry for every line of a panel that draws more than one."""
+    from analysis import figures
+
+    df = rows()
+    figs = [figures.learning_curve_figure(df, "recon", x=x) for x in figures.CURVE_X]
+    figs += [figures.loss_figure(df), figures.quality_cost_figure(df)]
+    for fig in figs:
+        assert fig is not None
+        _assert_readable(fig)
+        _assert_lines_named(fig)
+    curve = figs[0].axes[0]
+    assert curve.get_xscale() == "log" and len([t for t in curve.get_xticklabels() if t.get_text()]) >= 2
+
+
+def test_log_ticks_and_labels() -> None:
+    """LogTicks: 2 to 6 ticks at any span; PlainNumbers: the fewest decimals that write each tick exactly."""
+    from analysis.figures import LogTicks, PlainNumbers
+
+    loc, fmt = LogTicks(), PlainNumbers()
+    assert list(loc.tick_values(2.9, 6.2)) == [3, 4, 5, 6]
+    assert list(loc.tick_values(80, 1100)) == [100, 200, 500, 1000]
+    assert list(loc.tick_values(0.05, 2000)) == [0.1, 1, 10, 100, 1000]
+    assert 2 <= len(loc.tick_values(0.24, 0.46)) <= 6 and 2 <= len(loc.tick_values(3.01, 3.4)) <= 6
+    assert len(loc.tick_values(1e-3, 1e9)) <= 6
+    assert fmt.format_ticks([3, 3.5, 4, 4.5]) == ["3", "3.5", "4", "4.5"]
+    assert fmt.format_ticks([100, 1000, 10000]) == ["100", "1,000", "10,000"]
+    assert fmt.format_ticks([0.25, 0.3]) == ["0.25", "0.3"]
+
+
+def test_detection_scores_do_not_pile_up() -> None:
+    """Nine detections on almost the same spot, as an untrained method gives: each box its own colour, the scores
+    beside the panel in a legend (one entry per box), no two labels overlapping."""
+    from analysis import figures
+
+    rng = np.random.default_rng(0)
+    boxes = np.array([[4, 4, 14, 14]], np.float64) + rng.random((1, 9, 4))   # (1, 9, 4)
+    scores = np.linspace(0.9, 0.5, 9)[None]                                   # (1, 9)
+    fig = figures.example_figure(np.zeros((1, 1, 32, 32)), boxes, scores, recon=np.zeros((1, 1, 32, 32)),
+                                 gt_counts=np.array([9]), gt_boxes=boxes, n_examples=1)
+    _assert_readable(fig)
+    det = next(a for a in fig.axes if a.get_title() == "detections")
+    assert [t.get_text() for t in det.get_legend().get_texts()] == [f"{v:.2f}" for v in scores[0]]
+    assert len({p.get_edgecolor() for p in det.patches}) == 9
+
+
+def test_one_core_seconds_per_trial_in_every_table(tmp_path: Path) -> None:
+    """A method's core-s / trial reads the same in its paper table, the every-method table and the cost table (the
+    trials its results come from: seeds, not the search trial beside them), with sensible precision, and every
+    table that shows it states that definition in its caption."""
+    rows = tables.check_rows(_rows())
+    view = tables.table_view(rows, paper.TABLES["1"]).frame
+    t1 = view[(view["dataset"] == "MNIST easy") & (view["method"] == "MIST")][("core-s / trial", "")].iloc[0]
+    cost = tables.format_cost(tables.cost_table(rows))
+    c = cost[(cost["dataset"] == "MNIST easy") & (cost["method"] == "MIST")].iloc[0]
+    summary, _ = tables.format_summary(tables.method_summary(rows))
+    s = summary[(summary["dataset"] == "MNIST easy") & (summary["method"] == "MIST")].iloc[0]
+    assert t1 == c["core-s / trial"] == s["core-s / trial"] == "20.0"  # (10 + 20 + 30) / 3; the search trial's 7 not
+    assert c["core-s total"] == "67.0"                                  # 10 + 20 + 30 + 7
+    assert [tables.format_core_seconds(x) for x in (1.57, 0.43, 0.001014, 15.0, 1234.5, math.nan)] == [
+        "1.57", "0.430", "0.00101", "15.0", "1,234", "—"]
+    page = report.build_report(rows, tmp_path / "r").read_text(encoding="utf-8")
+    captions = []  # per table showing core-s / trial: the caption between the previous table and it
+    for m in re.finditer(r"<table.*?</table>", page, flags=re.S):
+        if "core-s / trial" in m.group(0):
+            before = page[:m.start()].rsplit("</table>", 1)[-1]
+            captions.append(" ".join(re.findall(r"<p class='caption'>(.*?)</p>", before, flags=re.S)))
+    # Tables 1 and 2, the every-method tables of recon and classify, the cost table
+    assert len(captions) == 5 and all(tables.CORE_S in c.replace("&#x27;", "'") for c in captions), captions
+    assert "core-s total" in captions[-1]
