@@ -29,11 +29,22 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str) -> type[Method]:
+    """The Method class of a registered name or a 'module:Class' path. KeyError: an unknown name; ImportError: a
+    module or class that cannot be imported (naming PYTHONPATH when it is the user's module that is not found)."""
     target = BUILTIN.get(name, name if ":" in name else None)
     if target is None:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(method_names())} (or give 'module:Class')")
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(method_names())} (or give module:Class)")
     module, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+            raise   # the module itself imports something missing: its own message says what
+        raise ModuleNotFoundError(f"no module named {e.name!r} (method {name}): is the folder that holds it on "
+                                  "PYTHONPATH? e.g. PYTHONPATH=. mist-bench ... from that folder", name=e.name) from None
+    cls = getattr(mod, attr, None)
+    if cls is None:
+        raise ImportError(f"module {module!r} has no {attr!r} (method {name})")
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise TypeError(f"{target} is not a mist_core.method.Method subclass")
     return cls

@@ -85,7 +85,9 @@ def resolve(cfg: RunConfig | dict) -> Resolved:
     cfg = parse_config(RunConfig, cfg, where="run")
     try:
         method_cls = get_method(cfg.method)
-    except (KeyError, TypeError, ImportError) as e:
+    except KeyError as e:
+        raise ConfigError(f"run.method: {e.args[0]}") from None   # str(KeyError) would quote the message
+    except (TypeError, ImportError) as e:
         raise ConfigError(f"run.method: {e}") from None
     if cfg.task not in method_cls.tasks:
         raise ConfigError(f"run.task: method {cfg.method!r} does not support task {cfg.task!r} (supports {method_cls.tasks})")

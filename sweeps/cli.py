@@ -69,16 +69,13 @@ def cmd_preview(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    if a.cmd == "methods":
-        from mist_core.registry import get_method, method_names
+    """`methods` / `datasets`: every name with what it is in a line; with NAME, every field of its config."""
+    from mist_core.describe import catalogue, dataset_help, method_help
 
-        for n in method_names():
-            print(f"{n:12s} tasks={','.join(get_method(n).tasks)}")
+    if a.name is None:
+        print("\n".join(catalogue(a.cmd)))
     else:
-        from mist_core.data import DATASETS
-
-        for n in sorted(DATASETS):
-            print(n)
+        print(method_help(a.name) if a.cmd == "methods" else dataset_help(a.name))
     return 0
 
 
@@ -138,15 +135,23 @@ def build_parser() -> Parser:
                             "the MLflow server a cluster logs to (python -m sweeps.tracking_server)")):
         sub.add_parser(name, help=what, add_help=False).set_defaults(fn=fn, passes_on=True)
 
-    t = sub.add_parser("train", parents=[debug], help="one training run")
-    t.add_argument("--method", required=True)
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--task", default="recon", choices=["recon", "classify"])
-    t.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--method-param", "-m", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--dataset-param", "-d", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--train", "-t", action="append", default=[], metavar="KEY=VALUE")
+    t = sub.add_parser("train", parents=[debug], help="one training run", description=TRAIN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _lazy_epilog(t, _train_fields)
+    t.add_argument("--method", required=True, help="a registered method (`mist-bench methods`) or module:Class")
+    t.add_argument("--dataset", required=True, help="a registered dataset (`mist-bench datasets`)")
+    t.add_argument("--task", default="recon", choices=["recon", "classify"],
+                   help="recon: reconstruct the image from its patches; classify: the digits' classes (default: recon)")
+    t.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"],
+                   help="the presets of data, networks and budget: smoke (seconds), quick (minutes on a CPU), paper "
+                        "(the paper's sizes, for GPUs) (default: quick)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
+    t.add_argument("--method-param", "-m", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method field, VALUE as YAML (repeatable); `mist-bench methods METHOD` lists them")
+    t.add_argument("--dataset-param", "-d", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset field (repeatable); `mist-bench datasets DATASET` lists them")
+    t.add_argument("--train", "-t", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training field (repeatable), listed below")
     t.add_argument("--out", help="write config and history as JSON here (checked before training starts)")
     t.set_defaults(fn=cmd_train)
 
@@ -157,9 +162,36 @@ def build_parser() -> Parser:
     v.add_argument("--dataset-param", "-d", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(fn=cmd_preview)
 
-    for name in ("methods", "datasets"):
-        sub.add_parser(name, parents=[debug]).set_defaults(fn=cmd_list)
+    for name, what in (("methods", "method"), ("datasets", "dataset")):
+        x = sub.add_parser(name, parents=[debug], help=f"the registered {name}; with a name, every field of its config")
+        x.add_argument("name", nargs="?", metavar=what.upper(),
+                       help=f"show this {what}'s fields: type, bounds, value at each scale, what it is")
+        x.set_defaults(fn=cmd_list)
     return p
+
+
+TRAIN_HELP = """One training run of METHOD on DATASET at a scale, then its test metrics as JSON on stdout.
+
+Every preset is overridable by field name: -m for the method's (`mist-bench methods METHOD` lists them), -d for the
+dataset's (`mist-bench datasets DATASET`), -t for training's (below). An unknown field is refused with the valid
+ones."""
+
+
+def _train_fields() -> str:
+    from mist_core.describe import train_help
+
+    return "training fields (-t KEY=VALUE), with their value at each scale:\n" + train_help()
+
+
+def _lazy_epilog(parser: argparse.ArgumentParser, make) -> None:
+    """`parser`'s epilog made by `make()` only when its help is printed (describing fields imports torch)."""
+    format_help = parser.format_help
+
+    def lazy() -> str:
+        parser.epilog = parser.epilog or make()
+        return format_help()
+
+    parser.format_help = lazy
 
 
 def main(argv: list[str] | None = None) -> int:
