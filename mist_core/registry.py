@@ -1,6 +1,8 @@
 """Methods by name. Adding a method = one new file + one line in BUILTIN.
 
-A name may also be a 'package.module:ClassName' path, so a user's method needs no edit here.
+A name may also be a 'package.module:ClassName' path, so a user's method needs no edit here. Either way the method
+is shown by its class's `name` (display_name): result rows, console lines, the report and MLflow tags carry it, so a
+plug-in's `name` may not be a registered method's.
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import importlib
 
 from mist_core.method import Method
 
-__all__ = ["BUILTIN", "get_method", "method_names"]
+__all__ = ["BUILTIN", "get_method", "method_names", "display_name"]
 
 BUILTIN: dict[str, str] = {
     "mist": "mist_core.mist:MIST",
@@ -47,4 +49,13 @@ def get_method(name: str) -> type[Method]:
         raise ImportError(f"module {module!r} has no {attr!r} (method {name})")
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise TypeError(f"{target} is not a mist_core.method.Method subclass")
+    if BUILTIN.get(cls.name, target) != target:   # results would carry one name for two methods
+        raise TypeError(f"{target}: its name {cls.name!r} is the registered method {BUILTIN[cls.name]}'s; give the "
+                        "class another `name`")
     return cls
+
+
+def display_name(method: str) -> str:
+    """The name a method's results are shown under (rows, console, report, MLflow): its class's `name`, which for a
+    registered method is its key and for a 'module:Class' path is whatever the class sets."""
+    return get_method(method).name

@@ -126,7 +126,7 @@ def train(method: str, dataset: str, *, task: Literal["recon", "classify"] = "re
             bar.show(result.metrics)
     predictions = result.example   # the final evaluation's: the first len(predictions) test images
     return TrainedRun(metrics={k: v for k, v in result.metrics.items() if k not in ("step", "final")},
-                      history=pd.DataFrame(result.history), predictions=predictions,
+                      history=pd.DataFrame(result.history).astype({"step": int}), predictions=predictions,
                       test=trainer.splits.test.subset(predictions.boxes.shape[0]), trainer=trainer)
 
 

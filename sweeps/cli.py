@@ -41,16 +41,23 @@ def cmd_train(a: argparse.Namespace) -> int:
     resolved = resolve(cfg)
     check_run(resolved)  # what a sweep's plan refuses, refused here too, before the data is generated
     trainer = Trainer(resolved)
-    print(f"train: {len(trainer.splits.train):,} training images; training {trainer.budget_steps():,} steps...",
+    print(f"train: {resolved.method_cls.name}: {len(trainer.splits.train):,} training images; training "
+          f"{trainer.budget_steps():,} steps...",
           file=sys.stderr, flush=True)
     result = trainer.run()
-    # an undefined metric (no detection: no matched IoU) is null, not JSON's invalid NaN
-    print(json.dumps({k: v if math.isfinite(v) else None for k, v in result.metrics.items()}, indent=1, sort_keys=True))
+    print(json.dumps(_json_report(result.metrics), indent=1, sort_keys=True))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"config": cfg.model_dump(), "history": result.history}, indent=1))
+        out.write_text(json.dumps({"config": cfg.model_dump(), "history": [_json_report(r) for r in result.history]},
+                                  indent=1))
         print(f"train: config and history in {out}", file=sys.stderr)
     return 0
+
+
+def _json_report(report: dict[str, float]) -> dict[str, float | int | None]:
+    """A trainer's report as JSON: the step count an int; an undefined metric (no detection: no matched IoU) null,
+    not JSON's invalid NaN."""
+    return {k: int(v) if k == "step" else v if math.isfinite(v) else None for k, v in report.items()}
 
 
 def cmd_preview(a: argparse.Namespace) -> int:
