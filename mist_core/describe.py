@@ -141,7 +141,8 @@ def train_fields() -> list[FieldDoc]:
 
 
 def summary(obj: Any) -> str:
-    """The first line of `obj`'s own docstring, else of its module's: what a method or dataset is, in a line."""
+    """The first line of `obj`'s own docstring (a class's: not inherited), else of its module's: what a method or
+    dataset is, in a line."""
     for doc in (vars(obj).get("__doc__") if isinstance(obj, type) else obj.__doc__,
                 getattr(sys.modules.get(getattr(obj, "__module__", "")), "__doc__", None)):
         if doc and doc.strip():
@@ -180,11 +181,11 @@ def format_fields(fields: list[FieldDoc], width: int = 120) -> str:
 
 
 def dataset_summary(name: str) -> str:
-    """Its config class's own docstring's first line, else its generator module's."""
+    """Its config class's own docstring's first line, else its generator's module's."""
     from mist_core.data.registry import ENTRIES
 
     e = ENTRIES[name]
-    return summary(e.config) if vars(e.config).get("__doc__") else summary(e.generate)
+    return summary(e.config) if vars(e.config).get("__doc__") else summary(sys.modules[e.generate.__module__])
 
 
 def catalogue(kind: str) -> list[str]:

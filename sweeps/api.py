@@ -120,7 +120,7 @@ def train(method: str, dataset: str, *, task: Literal["recon", "classify"] = "re
     if not progress:
         result = trainer.run(progress=False)
     else:
-        with _bar(trainer, f"{resolved.method_cls.name} on {dataset}") as bar:
+        with _Bar(trainer, f"{resolved.method_cls.name} on {dataset}") as bar:
             result = trainer.run(progress=False, on_step=bar.update_to,
                                  callback=lambda report, _: bar.show(report))
             bar.show(result.metrics)
@@ -130,7 +130,7 @@ def train(method: str, dataset: str, *, task: Literal["recon", "classify"] = "re
                       test=trainer.splits.test.subset(predictions.boxes.shape[0]), trainer=trainer)
 
 
-class _bar:
+class _Bar:
     """tqdm.auto's bar over a run's steps, its postfix the latest evaluation's main metrics."""
 
     SHOWN = ("rmse", "det_rate", "both")
@@ -140,7 +140,7 @@ class _bar:
 
         self.tqdm = tqdm(total=trainer.budget_steps(), desc=desc, unit="step")
 
-    def __enter__(self) -> "_bar":
+    def __enter__(self) -> "_Bar":
         return self
 
     def __exit__(self, *exc: Any) -> None:
