@@ -223,7 +223,8 @@ def dataset_help(name: str) -> str:
     """`mist-bench datasets NAME`: what the dataset is and every field of its config."""
     fields = dataset_fields(name)   # refuses an unknown name first
     return "\n".join([f"{name}: {dataset_summary(name)}",
-                      "fields (train -d KEY=VALUE; api.train(dataset_params=...); a sweep's overrides: dataset_params):",
+                      "fields (train -d KEY=VALUE; api.train(dataset_params=...); a sweep's overrides: "
+                      "dataset_params):",
                       format_fields(fields)])
 
 

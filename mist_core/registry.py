@@ -43,7 +43,8 @@ def get_method(name: str) -> type[Method]:
         if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
             raise   # the module itself imports something missing: its own message says what
         raise ModuleNotFoundError(f"no module named {e.name!r} (method {name}): is the folder that holds it on "
-                                  "PYTHONPATH? e.g. PYTHONPATH=. mist-bench ... from that folder", name=e.name) from None
+                                  "PYTHONPATH? e.g. PYTHONPATH=. mist-bench ... from that folder",
+                                  name=e.name) from None
     cls = getattr(mod, attr, None)
     if cls is None:
         raise ImportError(f"module {module!r} has no {attr!r} (method {name})")

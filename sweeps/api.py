@@ -2,6 +2,7 @@
 tables and report. docs/api.md shows each call.
 
     from sweeps import api
+    api.method_params("mist")                                   # its fields: type, bounds, value per scale, meaning
     run = api.train("mist", "mnist_hard", scale="smoke")       # metrics, history, predictions on the test images
     api.evaluate(run.predictions, run.test)                     # the shared evaluator: the same numbers as run.metrics
     rows = api.load_results("runs/quick")                       # a sweep folder's tidy rows (pandas)
@@ -24,8 +25,8 @@ import pandas as pd
 from mist_core.data.container import MultiInstanceData
 from mist_core.types import Prediction
 
-__all__ = ["methods", "datasets", "method_params", "dataset_params", "train_params", "train", "TrainedRun", "evaluate", "load_results", "summary", "tables", "Table",
-           "report"]
+__all__ = ["methods", "datasets", "method_params", "dataset_params", "train_params", "train", "TrainedRun",
+           "evaluate", "load_results", "summary", "tables", "Table", "report"]
 
 Rows = pd.DataFrame | str | os.PathLike
 
