@@ -242,7 +242,7 @@ class Sweep:
         tune_config = self._tune_config(metric=s.metric, mode=s.mode, search_alg=search.searcher(self.cfg, cell),
                                         scheduler=search.scheduler(self.cfg, cell), num_samples=s.num_samples)
         space = {"spec": TrialSpec.planned(self.ctx, "search", cell).model_dump(), "tuned": search.tune_space(cell)}
-        name = f"search-{cell.dataset}-{cell.method}"
+        name = f"search-{cell.dataset}-{cell.label}"   # the Tune experiment; its folder under the sweep
         say(self.info, f"{name}: {s.num_samples} Optuna trials over {sorted(cell.space)}")
         grid = self._fit(name, self._tuner(name, space, tune_config),
                          every_trial_ends=self.cfg.scheduler.type == "none")
