@@ -52,6 +52,9 @@ div.pair{display:flex;flex-wrap:wrap;gap:8px}div.pair img{max-width:49%}"""
 def load_rows(path: str | Path) -> tuple[pd.DataFrame, Path]:
     """(rows, sweep folder) from a sweep folder (its results.parquet) or a parquet file."""
     p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such folder or file (give a sweep folder, e.g. runs/sweeps/NAME, or its "
+                                "results.parquet)")
     parquet = p / "results.parquet" if p.is_dir() else p
     if not parquet.is_file():
         raise FileNotFoundError(f"no result rows at {parquet}")

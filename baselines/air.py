@@ -41,28 +41,30 @@ AIR_PRESETS: dict[str, dict] = {     # AIR's own sizes; the patch networks are m
 
 
 class AIRConfig(StrictConfig):
-    max_steps: int = Field(9, ge=1)
-    patch_res: int = Field(32, ge=4)
-    task_width: int = Field(16, ge=1)
-    task_levels: int = Field(5, ge=1)
-    task_blocks: int = Field(3, ge=0)
-    hidden: int = Field(256, ge=1)                   # LSTM units
-    z_what: int = Field(50, ge=1)
-    enc_width: int = Field(8, ge=1)                  # image CNN filters
-    lr: float = Field(1e-4, gt=0)
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    obs_std: float = Field(0.3, gt=0)                # Gaussian likelihood std
-    pres_prior: float = Field(0.01, gt=0, lt=1)      # geometric prior: P(z_pres_t = 1 | z_pres_{t-1} = 1)
-    pres_prior_start: float = Field(0.9999, gt=0, lt=1)  # ... at step 0, annealed to pres_prior
-    pres_anneal_steps: int = Field(30_000, ge=0)
-    pres_temperature: float = Field(0.3, gt=0)       # binary Concrete temperature (reimplementation: 1.0)
-    size_prior: float = Field(20.0, gt=0)            # prior mean window side, pixels
-    size_min: float = Field(8.0, gt=0)               # window side range, pixels
-    size_max: float = Field(36.0, gt=0)
-    scale_prior_std: float = Field(0.3, gt=0)        # in logit units
-    shift_prior_std: float = Field(1.0, gt=0)        # pre-tanh units
-    decoder_bias: float = -4.0                       # initial decoder output bias (pre-sigmoid)
-    grad_clip: float = Field(100.0, gt=0)
+    max_steps: int = Field(9, ge=1, description="LSTM steps: at most this many objects per image")
+    patch_res: int = Field(32, ge=4, description="glimpses are resampled to patch_res x patch_res pixels")
+    task_width: int = Field(16, ge=1, description="base channels of the glimpse encoder/decoder (MIST's task network)")
+    task_levels: int = Field(5, ge=1, description="levels of the glimpse encoder/decoder")
+    task_blocks: int = Field(3, ge=0, description="ResNet blocks per glimpse-network level")
+    hidden: int = Field(256, ge=1, description="LSTM units")
+    z_what: int = Field(50, ge=1, description="size of each object's appearance latent z_what")
+    enc_width: int = Field(8, ge=1, description="image CNN filters")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate")
+    likelihood: Literal["bernoulli", "gaussian"] = Field("bernoulli", description="the pixel likelihood of the ELBO")
+    obs_std: float = Field(0.3, gt=0, description="Gaussian likelihood std")
+    pres_prior: float = Field(0.01, gt=0, lt=1, description="geometric prior: P(z_pres_t = 1 | z_pres_{t-1} = 1)")
+    pres_prior_start: float = Field(0.9999, gt=0, lt=1,
+                                    description="the presence prior at step 0, annealed to pres_prior")
+    pres_anneal_steps: int = Field(30_000, ge=0, description="training steps over which the presence prior is annealed")
+    pres_temperature: float = Field(0.3, gt=0,
+                                    description="binary Concrete temperature of z_pres (the reimplementation's: 1.0)")
+    size_prior: float = Field(20.0, gt=0, description="prior mean window side, pixels")
+    size_min: float = Field(8.0, gt=0, description="smallest window side, pixels")
+    size_max: float = Field(36.0, gt=0, description="largest window side, pixels")
+    scale_prior_std: float = Field(0.3, gt=0, description="std of the window scale prior, logit units")
+    shift_prior_std: float = Field(1.0, gt=0, description="std of the window shift prior, pre-tanh units")
+    decoder_bias: float = Field(-4.0, description="initial decoder output bias (pre-sigmoid)")
+    grad_clip: float = Field(100.0, gt=0, description="gradient norm clipped to this")
 
 
 def bernoulli_kl(q: Tensor, p: Tensor | float) -> Tensor:

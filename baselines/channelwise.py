@@ -36,16 +36,16 @@ __all__ = ["Channelwise", "ChannelwiseConfig", "soft_argmax"]
 
 
 class ChannelwiseConfig(StrictConfig):
-    k: int = Field(9, ge=1)                       # heatmap channels = patches per image
-    size: float = Field(20.0, gt=0)               # patch side in pixels (fixed)
-    temperature: float = Field(1.0, gt=0)         # soft-argmax: softmax(logits / temperature)
-    patch_res: int = Field(32, ge=4)
-    heat_width: int = Field(32, ge=1)
-    heat_blocks: int = Field(4, ge=0)
-    task_width: int = Field(16, ge=1)
-    task_levels: int = Field(5, ge=1)
-    task_blocks: int = Field(3, ge=0)
-    lr: float = Field(1e-4, gt=0)                 # one Adam over heatmap + task network
+    k: int = Field(9, ge=1, description="heatmap channels = patches per image")
+    size: float = Field(20.0, gt=0, description="patch side in pixels (fixed)")
+    temperature: float = Field(1.0, gt=0, description="soft-argmax: softmax(logits / temperature)")
+    patch_res: int = Field(32, ge=4, description="patches are resampled to patch_res x patch_res pixels")
+    heat_width: int = Field(32, ge=1, description="channels of the heatmap trunk")
+    heat_blocks: int = Field(4, ge=0, description="ResNet blocks of the heatmap trunk")
+    task_width: int = Field(16, ge=1, description="base channels of the task network (doubled at each level)")
+    task_levels: int = Field(5, ge=1, description="levels of the task network (each halves the patch)")
+    task_blocks: int = Field(3, ge=0, description="ResNet blocks per task-network level")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate of heatmap and task network together")
 
 
 def soft_argmax(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:

@@ -30,12 +30,12 @@ __all__ = ["Grid", "GridConfig", "grid_layout", "rank_mask"]
 
 
 class GridConfig(StrictConfig):
-    g: int = Field(3, ge=1)                       # rows of cells; columns = round(g * W / H)
-    patch_res: int = Field(32, ge=4)
-    task_width: int = Field(16, ge=1)
-    task_levels: int = Field(5, ge=1)
-    task_blocks: int = Field(3, ge=0)
-    lr_task: float = Field(1e-4, gt=0)
+    g: int = Field(3, ge=1, description="rows of cells; columns = round(g * W / H)")
+    patch_res: int = Field(32, ge=4, description="cells are resampled to patch_res x patch_res pixels")
+    task_width: int = Field(16, ge=1, description="base channels of the task network (doubled at each level)")
+    task_levels: int = Field(5, ge=1, description="levels of the task network (each halves the patch)")
+    task_blocks: int = Field(3, ge=0, description="ResNet blocks per task-network level")
+    lr_task: float = Field(1e-4, gt=0, description="Adam learning rate of the task network")
 
 
 def grid_layout(g: int, height: int, width: int) -> tuple[Tensor, Tensor]:

@@ -19,10 +19,10 @@ from mist_core.types import Batch, Prediction
 
 
 class KMeansConfig(StrictConfig):
-    k: int = Field(9, ge=1)                    # clusters when the image's count is not given
-    box_size: float = Field(20.0, gt=0)        # side (px) of each square box: MIST's patch size
-    ink: float = Field(0.1, ge=0, lt=1)        # pixels above this intensity are clustered
-    iterations: int = Field(20, ge=1)          # Lloyd iterations
+    k: int = Field(9, ge=1, description="clusters when the image's count is not given")
+    box_size: float = Field(20.0, gt=0, description="side (px) of each square box: MIST's patch size")
+    ink: float = Field(0.1, ge=0, lt=1, description="pixels above this intensity are clustered")
+    iterations: int = Field(20, ge=1, description="Lloyd iterations")
 
 
 def kmeans_centres(images: Tensor, counts: Tensor, k: int, ink: float, iterations: int) -> tuple[Tensor, Tensor]:

@@ -38,9 +38,10 @@ __all__ = ["MISTReach", "MISTReachConfig", "window_sum"]
 
 
 class MISTReachConfig(MISTConfig):
-    relocations: int = Field(1, ge=0)         # relocation rounds per training step (0: MIST's x step alone)
-    dup_dist: float = Field(0.5, ge=0)        # two centres closer than this x the patch side share a digit
-    centre_steps: int = Field(2, ge=0)        # mean-shift rounds after relocation: each centre to its ink centroid
+    relocations: int = Field(1, ge=0, description="relocation rounds per training step (0: MIST's x step alone)")
+    dup_dist: float = Field(0.5, ge=0, description="two centres closer than this times the patch side share a digit")
+    centre_steps: int = Field(2, ge=0,
+                              description="mean-shift rounds after relocation: each centre to its ink centroid")
 
 
 def window_sum(maps: Tensor, side: int) -> Tensor:

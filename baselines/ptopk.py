@@ -48,11 +48,11 @@ NON_MAX = -1.0e4
 
 
 class PerturbedTopKConfig(MISTConfig):
-    sigma: float = Field(0.05, gt=0, le=10)          # noise std on the scores (the heatmap is in [0, 1])
+    sigma: float = Field(0.05, gt=0, le=10, description="noise std on the heatmap scores (the heatmap is in [0, 1])")
     # N noisy copies per image and step. The largest tensor is the noise (B, N, H*W) kept for backward: 26 MB at
     # B = 32, N = 32, 80 x 80 (the (B, N, K, H*W) one-hots, 9x that, are never built); N = 32 added ~10 ms to a
     # quick step over N = 16 (1 thread), and Cordonnier et al.'s N = 500 would hold 410 MB of noise.
-    n_samples: int = Field(32, ge=1)
+    n_samples: int = Field(32, ge=1, description="noisy copies per image and step")
 
 
 def order_slots(idx: Tensor, scores: Tensor) -> Tensor:

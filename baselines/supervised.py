@@ -26,7 +26,8 @@ __all__ = ["Supervised", "SupervisedConfig", "gt_keypoints", "instance_nll"]
 
 
 class SupervisedConfig(MISTConfig):
-    instance_labels: bool = Field(True)   # classify: per-box cross-entropy (True) or eq. 9 on the gt patches
+    instance_labels: bool = Field(True, description="classify: per-box cross-entropy (True) or eq. 9 on the "
+                                                    "ground-truth patches (False)")
 
 
 def gt_keypoints(boxes: Tensor, counts: Tensor, size_lo: float, size_hi: float) -> tuple[Tensor, Tensor]:

@@ -48,22 +48,22 @@ ZHANG_PRESETS: dict[str, dict] = {   # detector/decoder widths follow the scale'
 
 
 class ZhangConfig(StrictConfig):
-    k: int = Field(9, ge=1)                        # landmarks
-    width: int = Field(32, ge=1)                   # hourglass base width
-    levels: int = Field(3, ge=1)
-    feat: int = Field(32, ge=1)                    # per-landmark feature size
-    dec_blocks: int = Field(2, ge=0)
-    sigma: float = Field(2.0, gt=0)                # rendered Gaussian std, pixels of the 1/4-resolution map
-    box_size: float = Field(20.0, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    w_conc: float = Field(0.1, ge=0)
-    w_sep: float = Field(0.1, ge=0)
-    w_eqv: float = Field(1.0, ge=0)
-    sep_sigma: float = Field(0.1, gt=0)            # [-1, 1] image units
-    rot_max: float = Field(0.3, ge=0)              # radians
-    scale_max: float = Field(0.1, ge=0)            # zoom in [1 - scale_max, 1 + scale_max]
-    shift_max: float = Field(0.1, ge=0)            # [-1, 1] image units
-    decoder_bias: float = 0.0                      # initial decoder output bias (pre-sigmoid)
+    k: int = Field(9, ge=1, description="landmarks")
+    width: int = Field(32, ge=1, description="hourglass base width")
+    levels: int = Field(3, ge=1, description="hourglass levels (each halves the map)")
+    feat: int = Field(32, ge=1, description="per-landmark feature size")
+    dec_blocks: int = Field(2, ge=0, description="ResNet blocks of the decoder")
+    sigma: float = Field(2.0, gt=0, description="rendered Gaussian std, pixels of the 1/4-resolution map")
+    box_size: float = Field(20.0, gt=0, description="side (px) of the square box at each landmark")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    w_conc: float = Field(0.1, ge=0, description="weight of the concentration loss")
+    w_sep: float = Field(0.1, ge=0, description="weight of the separation loss")
+    w_eqv: float = Field(1.0, ge=0, description="weight of the equivariance loss")
+    sep_sigma: float = Field(0.1, gt=0, description="separation loss width, [-1, 1] image units")
+    rot_max: float = Field(0.3, ge=0, description="equivariance warp: largest rotation, radians")
+    scale_max: float = Field(0.1, ge=0, description="equivariance warp: zoom in [1 - scale_max, 1 + scale_max]")
+    shift_max: float = Field(0.1, ge=0, description="equivariance warp: largest shift, [-1, 1] image units")
+    decoder_bias: float = Field(0.0, description="initial decoder output bias (pre-sigmoid)")
 
 
 def _coords(H: int, W: int, device, dtype) -> tuple[Tensor, Tensor]:

@@ -1,13 +1,15 @@
 """Strict configuration base: an unknown key or a wrong type is an error that names it."""
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["StrictConfig", "ConfigError", "parse_config", "load_yaml", "parse_overrides"]
+__all__ = ["StrictConfig", "ConfigError", "parse_config", "load_yaml", "parse_overrides", "unknown_key_hint"]
 
 T = TypeVar("T", bound="StrictConfig")
 
@@ -26,15 +28,34 @@ class StrictConfig(BaseModel):
         return parse_config(type(self), {**self.model_dump(), **changes}, where=type(self).__name__)
 
 
-def _format(err: ValidationError, where: str) -> str:
+def _format(err: ValidationError, where: str, cls: type[BaseModel] | None = None) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{where}.{loc}: unknown key")
+            lines.append(f"{where}.{loc}: unknown key{unknown_key_hint(_model_at(cls, e['loc'][:-1]), e['loc'][-1])}")
         else:
             lines.append(f"{where}.{loc}: {e['msg']} (got {e.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _model_at(cls: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    """The config class holding the field at `loc` (a path of field names from `cls`), or None if it is not one."""
+    for name in loc:
+        if cls is None or name not in cls.model_fields:
+            return None
+        ann = cls.model_fields[name].annotation
+        cls = next((a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return cls
+
+
+def unknown_key_hint(cls: type[BaseModel] | None, key: Any) -> str:
+    """'; did you mean X? valid keys: a, b, c' for an unknown `key` of config class `cls` ('' without a class)."""
+    if cls is None:
+        return ""
+    keys = list(cls.model_fields)
+    close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.4)
+    return (f"; did you mean {close[0]}?" if close else "") + f" valid keys: {', '.join(keys)}"
 
 
 def parse_config(cls: type[T], data: Any, where: str = "config") -> T:
@@ -49,7 +70,7 @@ def parse_config(cls: type[T], data: Any, where: str = "config") -> T:
         # YAML gives lists where tuples are declared: validate in python (lax on containers only) mode
         return cls.model_validate(_tuples(data))
     except ValidationError as err:
-        raise ConfigError(_format(err, where)) from None
+        raise ConfigError(_format(err, where, cls)) from None
 
 
 def _tuples(x: Any) -> Any:

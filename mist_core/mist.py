@@ -30,26 +30,27 @@ __all__ = ["MIST", "MISTConfig"]
 
 
 class MISTConfig(StrictConfig):
-    k: int = Field(9, ge=1)                                  # patches per image
-    sizes: tuple[float, ...] = Field((20.0,), min_length=1)  # patch side (pixels) of each discrete scale, increasing
-    patch_res: int = Field(32, ge=4)                         # patches are resampled to patch_res x patch_res
-    heat_width: int = Field(32, ge=1)
-    heat_blocks: int = Field(4, ge=0)
-    softmax_window: int = Field(15, ge=1)                    # local spatial softmax extent (odd)
-    softmax_strength: float = Field(10.0, gt=0)
-    nms_window: int = Field(5, ge=1)                         # odd
-    task_width: int = Field(16, ge=1)
-    task_levels: int = Field(5, ge=1)
-    task_blocks: int = Field(3, ge=0)
-    lr_task: float = Field(1e-4, gt=0)
-    lr_heat: float = Field(1e-4, gt=0)
-    kp_lr: float = Field(1e4, ge=0)                          # SGD step on the per-image loss, pixel units
-    kp_steps: int = Field(2, ge=0)
-    kp_max_move: float = Field(2.0, gt=0)                    # pixels per keypoint step, at most
-    kp_accept: bool = True                                   # undo keypoint steps that raise an image's loss
-    lam: float = Field(1e-5, ge=0)                           # lambda of eq. 6, per squared pixel (see below)
-    heat_weight_temp: float = Field(5.0, ge=0)               # w_b = exp(-temp * L_task_b)
-    heat_sigma: float = Field(0.0, ge=0)                     # G's target blurred by a Gaussian of this std (px)
+    k: int = Field(9, ge=1, description="patches (keypoints) per image")
+    sizes: tuple[float, ...] = Field((20.0,), min_length=1,
+                                     description="patch side (pixels) of each discrete scale, increasing")
+    patch_res: int = Field(32, ge=4, description="patches are resampled to patch_res x patch_res pixels")
+    heat_width: int = Field(32, ge=1, description="channels of the heatmap network H_eta")
+    heat_blocks: int = Field(4, ge=0, description="ResNet blocks of the heatmap network")
+    softmax_window: int = Field(15, ge=1, description="local spatial softmax extent, pixels (odd)")
+    softmax_strength: float = Field(10.0, gt=0, description="sharpness of the local spatial softmax")
+    nms_window: int = Field(5, ge=1, description="E_K's non-maximum suppression window, pixels (odd)")
+    task_width: int = Field(16, ge=1, description="base channels of the task network T_tau (doubled at each level)")
+    task_levels: int = Field(5, ge=1, description="levels of the task network (each halves the patch)")
+    task_blocks: int = Field(3, ge=0, description="ResNet blocks per task-network level")
+    lr_task: float = Field(1e-4, gt=0, description="Adam learning rate of the task network (tau step)")
+    lr_heat: float = Field(1e-4, gt=0, description="Adam learning rate of the heatmap network (eta step)")
+    kp_lr: float = Field(1e4, ge=0, description="SGD step on the per-image loss in the keypoint (x) step, pixel units")
+    kp_steps: int = Field(2, ge=0, description="keypoint (x) steps per training step")
+    kp_max_move: float = Field(2.0, gt=0, description="pixels a keypoint moves per keypoint step, at most")
+    kp_accept: bool = Field(True, description="undo keypoint steps that raise an image's loss")
+    lam: float = Field(1e-5, ge=0, description="lambda of eq. 6: the cost of moving keypoints, per squared pixel")
+    heat_weight_temp: float = Field(5.0, ge=0, description="heatmap loss weight per image w_b = exp(-temp * L_task_b)")
+    heat_sigma: float = Field(0.0, ge=0, description="G's target blurred by a Gaussian of this std, pixels (0: none)")
 
 
 # lambda: the task loss is a per-pixel mean (recon: ~0.04 per image early on); a 3 px move of 9 keypoints' 3 coordinates

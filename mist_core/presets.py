@@ -18,19 +18,21 @@ Scale = Literal["smoke", "quick", "paper"]
 
 
 class TrainConfig(StrictConfig):
-    batch_size: int = Field(32, ge=1)
-    max_steps: int = Field(1000, ge=1)            # the budget: this many training steps
-    max_seconds: float | None = Field(None, gt=0)  # a safety cap on training seconds (evaluation not counted);
-                                                   # a run it stops short of max_steps reports stopped_by_seconds=1
-    eval_every: int = Field(200, ge=1)             # steps between interim evaluations (and reports to a sweeper)
-    eval_images: int = Field(256, ge=1)            # test images used by interim evaluations
-    final_eval_images: int | None = Field(None, ge=1)  # test images of the final evaluation (None = all)
-    threads: int | None = Field(None, ge=1)        # torch intra-op threads (None = all usable cores)
-    device: str = "cpu"
-    cuda_graphs: bool = True                       # on CUDA, capture the step in a CUDA graph where the method allows
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # mist_core.precision: full fp32 unless asked otherwise
-    lr_decay: Literal["none", "cosine"] = "none"   # every optimiser's lr follows this over max_steps
-    lr_final: float = Field(0.05, ge=0, le=1)      # cosine: the lr at max_steps, as a fraction of the initial lr
+    batch_size: int = Field(32, ge=1, description="images per training step")
+    max_steps: int = Field(1000, ge=1, description="the budget: this many training steps")
+    max_seconds: float | None = Field(None, gt=0, description="a safety cap on training seconds (evaluation not "
+                                      "counted); a run it stops short of max_steps reports stopped_by_seconds=1")
+    eval_every: int = Field(200, ge=1, description="steps between interim evaluations (and reports to a sweeper)")
+    eval_images: int = Field(256, ge=1, description="test images used by interim evaluations")
+    final_eval_images: int | None = Field(None, ge=1, description="test images of the final evaluation (None: all)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: all usable cores)")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N")
+    cuda_graphs: bool = Field(True, description="on CUDA, capture the step in a CUDA graph where the method allows")
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="mist_core.precision: fp32 (full), tf32 (TF32 matmuls/convolutions) or bf16 (autocast)")
+    lr_decay: Literal["none", "cosine"] = Field("none", description="every optimiser's lr follows this over max_steps")
+    lr_final: float = Field(0.05, ge=0, le=1,
+                            description="cosine: the lr at max_steps, as a fraction of the initial lr")
 
 
 TRAIN_PRESETS: dict[str, dict] = {

@@ -87,7 +87,9 @@ def resolve(cfg: RunConfig | dict) -> Resolved:
     cfg = parse_config(RunConfig, cfg, where="run")
     try:
         method_cls = get_method(cfg.method)
-    except (KeyError, TypeError, ImportError) as e:
+    except KeyError as e:
+        raise ConfigError(f"run.method: {e.args[0]}") from None   # str(KeyError) would quote the message
+    except (TypeError, ImportError) as e:
         raise ConfigError(f"run.method: {e}") from None
     if cfg.task not in method_cls.tasks:
         raise ConfigError(f"run.task: method {cfg.method!r} does not support task {cfg.task!r} (supports {method_cls.tasks})")
@@ -229,9 +231,11 @@ class Trainer:
         return metrics.evaluate_predictions(pred, self.splits.test.subset(n_eval)), pred
 
     def run(self, callback: Callback | None = None, progress: bool = True,
-            heartbeat: Callable[[str], None] | None = None) -> RunResult:
+            heartbeat: Callable[[str], None] | None = None,
+            on_step: Callable[[int], None] | None = None) -> RunResult:
         """Train the budget. With `progress`, reports are logged; between them a line (step, steps/s, the first
-        training loss) at least every HEARTBEAT_S seconds goes to `heartbeat` (default: the log, with `progress`)."""
+        training loss) at least every HEARTBEAT_S seconds goes to `heartbeat` (default: the log, with `progress`).
+        `on_step(step)` after every step (a progress bar; it reads nothing of the device)."""
         beat = heartbeat or (log.info if progress else None)
         history: list[dict[str, float]] = []
         sums: dict[str, torch.Tensor] = {}   # training losses summed on the device since the last report
@@ -251,6 +255,8 @@ class Trainer:
             self.core_seconds += time.process_time() - c0
             self.step += 1
             n_since += 1
+            if on_step is not None:
+                on_step(self.step)
             now = time.perf_counter()
             if beat and now - last_line >= HEARTBEAT_S:          # evaluations can be a minute apart
                 first = next(iter(sums), None)

@@ -2,6 +2,7 @@
 tables and report. docs/api.md shows each call.
 
     from sweeps import api
+    api.method_params("mist")                                   # its fields: type, bounds, value per scale, meaning
     run = api.train("mist", "mnist_hard", scale="smoke")       # metrics, history, predictions on the test images
     api.evaluate(run.predictions, run.test)                     # the shared evaluator: the same numbers as run.metrics
     rows = api.load_results("runs/quick")                       # a sweep folder's tidy rows (pandas)
@@ -14,6 +15,7 @@ It lives in sweeps, beside the command line, because it reaches every layer: mis
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -23,8 +25,8 @@ import pandas as pd
 from mist_core.data.container import MultiInstanceData
 from mist_core.types import Prediction
 
-__all__ = ["methods", "datasets", "train", "TrainedRun", "evaluate", "load_results", "summary", "tables", "Table",
-           "report"]
+__all__ = ["methods", "datasets", "method_params", "dataset_params", "train_params", "train", "TrainedRun",
+           "evaluate", "load_results", "summary", "tables", "Table", "report"]
 
 Rows = pd.DataFrame | str | os.PathLike
 
@@ -41,6 +43,34 @@ def datasets() -> list[str]:
     from mist_core.data import DATASETS
 
     return sorted(DATASETS)
+
+
+def _fields(fields) -> pd.DataFrame:
+    """One row per field: field, type, bounds, smoke, quick, paper (its value at each scale), searched, description."""
+    return pd.DataFrame([{"field": f.name, "type": f.type, "bounds": f.bounds, **f.defaults, "searched": f.search,
+                          "description": f.description} for f in fields])
+
+
+def method_params(method: str) -> pd.DataFrame:
+    """Every field of `method`'s config (`mist-bench methods METHOD`): the keys of train(method_params=...), each with
+    its type, bounds, value at each scale, the sweeper's search domain ("" if not searched) and what it is."""
+    from mist_core.describe import method_fields
+
+    return _fields(method_fields(method))
+
+
+def dataset_params(dataset: str) -> pd.DataFrame:
+    """Every field of `dataset`'s config (`mist-bench datasets DATASET`): the keys of train(dataset_params=...)."""
+    from mist_core.describe import dataset_fields
+
+    return _fields(dataset_fields(dataset))
+
+
+def train_params() -> pd.DataFrame:
+    """Every training field (`mist-bench train --help`): the keys of train(train_params=...)."""
+    from mist_core.describe import train_fields
+
+    return _fields(train_fields())
 
 
 @dataclass(frozen=True)
@@ -68,11 +98,13 @@ class TrainedRun:
 def train(method: str, dataset: str, *, task: Literal["recon", "classify"] = "recon",
           scale: Literal["smoke", "quick", "paper"] = "quick", seed: int = 0,
           method_params: dict[str, Any] | None = None, dataset_params: dict[str, Any] | None = None,
-          train_params: dict[str, Any] | None = None, progress: bool = False) -> TrainedRun:
+          train_params: dict[str, Any] | None = None, progress: bool = True) -> TrainedRun:
     """Train `method` on `dataset` for `task` at `scale` (its presets' data, networks and step budget) and evaluate
     it on the test split: `mist-bench train` as a function. The *_params override the presets by field name, like
     the command's -m, -d and -t (an unknown or mistyped field raises mist_core.config.ConfigError naming it); the
-    checks every entry point shares (sweeps.preflight) run before any data is made. `progress`: log each report."""
+    checks every entry point shares (sweeps.preflight) run before any data is made. `progress` (default True): a
+    line while the data is prepared, then tqdm's bar (a widget in Jupyter, text on stderr elsewhere) over the steps
+    with the latest evaluation's metrics; False: silent."""
     from mist_core.config import parse_config
     from mist_core.train import RunConfig, Trainer, resolve
     from sweeps.preflight import check_run
@@ -82,12 +114,44 @@ def train(method: str, dataset: str, *, task: Literal["recon", "classify"] = "re
                                        train=train_params or {}), where="run")
     resolved = resolve(cfg)
     check_run(resolved)
+    if progress:  # generating quick-scale data takes a while before the first step
+        print(f"train: {resolved.method_cls.name} on {dataset} ({scale}): preparing data...", file=sys.stderr,
+              flush=True)
     trainer = Trainer(resolved)
-    result = trainer.run(progress=progress)
+    if not progress:
+        result = trainer.run(progress=False)
+    else:
+        with _Bar(trainer, f"{resolved.method_cls.name} on {dataset}") as bar:
+            result = trainer.run(progress=False, on_step=bar.update_to,
+                                 callback=lambda report, _: bar.show(report))
+            bar.show(result.metrics)
     predictions = result.example   # the final evaluation's: the first len(predictions) test images
     return TrainedRun(metrics={k: v for k, v in result.metrics.items() if k not in ("step", "final")},
-                      history=pd.DataFrame(result.history), predictions=predictions,
+                      history=pd.DataFrame(result.history).astype({"step": int}), predictions=predictions,
                       test=trainer.splits.test.subset(predictions.boxes.shape[0]), trainer=trainer)
+
+
+class _Bar:
+    """tqdm.auto's bar over a run's steps, its postfix the latest evaluation's main metrics."""
+
+    SHOWN = ("rmse", "det_rate", "both")
+
+    def __init__(self, trainer: Any, desc: str):
+        from tqdm.auto import tqdm
+
+        self.tqdm = tqdm(total=trainer.budget_steps(), desc=desc, unit="step")
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.tqdm.close()
+
+    def update_to(self, step: int) -> None:
+        self.tqdm.update(step - self.tqdm.n)
+
+    def show(self, report: dict[str, float]) -> None:
+        self.tqdm.set_postfix({k: f"{report[k]:.4g}" for k in self.SHOWN if k in report}, refresh=True)
 
 
 def evaluate(predictions: Prediction | Sequence[Prediction], data: MultiInstanceData) -> dict[str, float]:

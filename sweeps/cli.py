@@ -42,16 +42,23 @@ def cmd_train(a: argparse.Namespace) -> int:
     resolved = resolve(cfg)
     check_run(resolved)  # what a sweep's plan refuses, refused here too, before the data is generated
     trainer = Trainer(resolved)
-    print(f"train: {len(trainer.splits.train):,} training images; training {trainer.budget_steps():,} steps...",
+    print(f"train: {resolved.method_cls.name}: {len(trainer.splits.train):,} training images; training "
+          f"{trainer.budget_steps():,} steps...",
           file=sys.stderr, flush=True)
     result = trainer.run()
-    # an undefined metric (no detection: no matched IoU) is null, not JSON's invalid NaN
-    print(json.dumps({k: v if math.isfinite(v) else None for k, v in result.metrics.items()}, indent=1, sort_keys=True))
+    print(json.dumps(_json_report(result.metrics), indent=1, sort_keys=True))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"config": cfg.model_dump(), "history": result.history}, indent=1))
+        out.write_text(json.dumps({"config": cfg.model_dump(), "history": [_json_report(r) for r in result.history]},
+                                  indent=1))
         print(f"train: config and history in {out}", file=sys.stderr)
     return 0
+
+
+def _json_report(report: dict[str, float]) -> dict[str, float | int | None]:
+    """A trainer's report as JSON: the step count an int; an undefined metric (no detection: no matched IoU) null,
+    not JSON's invalid NaN."""
+    return {k: int(v) if k == "step" else v if math.isfinite(v) else None for k, v in report.items()}
 
 
 def cmd_preview(a: argparse.Namespace) -> int:
@@ -70,16 +77,13 @@ def cmd_preview(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    if a.cmd == "methods":
-        from mist_core.registry import get_method, method_names
+    """`methods` / `datasets`: every name with what it is in a line; with NAME, every field of its config."""
+    from mist_core.describe import catalogue, dataset_help, method_help
 
-        for n in method_names():
-            print(f"{n:12s} tasks={','.join(get_method(n).tasks)}")
+    if a.name is None:
+        print("\n".join(catalogue(a.cmd)))
     else:
-        from mist_core.data import DATASETS
-
-        for n in sorted(DATASETS):
-            print(n)
+        print(method_help(a.name) if a.cmd == "methods" else dataset_help(a.name))
     return 0
 
 
@@ -146,15 +150,23 @@ def build_parser() -> Parser:
                            ("slurm", cmd_slurm, "run a sweep as a SLURM job (python -m sweeps.slurm)")):
         sub.add_parser(name, help=what, add_help=False).set_defaults(fn=fn, passes_on=True)
 
-    t = sub.add_parser("train", parents=[debug], help="one training run")
-    t.add_argument("--method", required=True)
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--task", default="recon", choices=["recon", "classify"])
-    t.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--method-param", "-m", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--dataset-param", "-d", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--train", "-t", action="append", default=[], metavar="KEY=VALUE")
+    t = sub.add_parser("train", parents=[debug], help="one training run", description=TRAIN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _lazy_epilog(t, _train_fields)
+    t.add_argument("--method", required=True, help="a registered method (`mist-bench methods`) or module:Class")
+    t.add_argument("--dataset", required=True, help="a registered dataset (`mist-bench datasets`)")
+    t.add_argument("--task", default="recon", choices=["recon", "classify"],
+                   help="recon: reconstruct the image from its patches; classify: the digits' classes (default: recon)")
+    t.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"],
+                   help="the presets of data, networks and budget: smoke (seconds), quick (minutes on a CPU), paper "
+                        "(the paper's sizes, for GPUs) (default: quick)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
+    t.add_argument("--method-param", "-m", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method field, VALUE as YAML (repeatable); `mist-bench methods METHOD` lists them")
+    t.add_argument("--dataset-param", "-d", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset field (repeatable); `mist-bench datasets DATASET` lists them")
+    t.add_argument("--train", "-t", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training field (repeatable), listed below")
     t.add_argument("--out", help="write config and history as JSON here (checked before training starts)")
     t.set_defaults(fn=cmd_train)
 
@@ -165,9 +177,36 @@ def build_parser() -> Parser:
     v.add_argument("--dataset-param", "-d", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(fn=cmd_preview)
 
-    for name in ("methods", "datasets"):
-        sub.add_parser(name, parents=[debug]).set_defaults(fn=cmd_list)
+    for name, what in (("methods", "method"), ("datasets", "dataset")):
+        x = sub.add_parser(name, parents=[debug], help=f"the registered {name}; with a name, every field of its config")
+        x.add_argument("name", nargs="?", metavar=what.upper(),
+                       help=f"show this {what}'s fields: type, bounds, value at each scale, what it is")
+        x.set_defaults(fn=cmd_list)
     return p
+
+
+TRAIN_HELP = """One training run of METHOD on DATASET at a scale, then its test metrics as JSON on stdout.
+
+Every preset is overridable by field name: -m for the method's (`mist-bench methods METHOD` lists them), -d for the
+dataset's (`mist-bench datasets DATASET`), -t for training's (below). An unknown field is refused with the valid
+ones."""
+
+
+def _train_fields() -> str:
+    from mist_core.describe import train_help
+
+    return "training fields (-t KEY=VALUE), with their value at each scale:\n" + train_help()
+
+
+def _lazy_epilog(parser: argparse.ArgumentParser, make) -> None:
+    """`parser`'s epilog made by `make()` only when its help is printed (describing fields imports torch)."""
+    format_help = parser.format_help
+
+    def lazy() -> str:
+        parser.epilog = parser.epilog or make()
+        return format_help()
+
+    parser.format_help = lazy
 
 
 def main(argv: list[str] | None = None) -> int:

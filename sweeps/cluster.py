@@ -37,6 +37,11 @@ DEFAULT_CONNECT_TIMEOUT_S = 30.0
 # read when Ray is imported: two seeds' progress lines alike within 5 s would be merged into one
 # "[repeated 2x across cluster]" line
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray 2.60 starts a new cluster with token authentication, and warns that it did unless RAY_AUTH_MODE chose it: chosen
+# here (read when Ray is imported, so only before that). A job on a cluster (RAY_ADDRESS) keeps the cluster's mode;
+# a cluster started with RAY_AUTH_MODE=disabled needs it in the driver's environment too (docs/cluster.md)
+if "ray" not in sys.modules and not os.environ.get("RAY_ADDRESS"):
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def connect_timeout() -> float:
@@ -67,6 +72,9 @@ def init_ray(args: argparse.Namespace) -> str:
 
     # a checkpoint at every report of short trials trips this warning at every report; it is expected here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's automatic loggers include TensorBoard's, whose "run tensorboard" hint names a package we do not install;
+    # the driver adds the JSON and CSV loggers itself (sweeps.driver)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     reuse_timeout()
     try:
         import optuna

@@ -248,6 +248,13 @@ class Cell:
         return f"{self.dataset}__{self.method}"
 
     @property
+    def label(self) -> str:
+        """The method's name in results (mist_core.registry.display_name); the config's spelling if not imported."""
+        from mist_core.registry import display_name
+
+        return display_name(self.method) if self.imported else self.method
+
+    @property
     def params(self) -> dict[str, Any]:
         return flat_params(self.run)
 
@@ -337,6 +344,14 @@ def plan(sweep: SweepConfig, *, import_methods: bool = False, storage: str | Non
             errors.append(f"methods: {e.args[0]}")
         except (ImportError, AttributeError, TypeError) as e:
             errors.append(f"methods: method {m!r} cannot be loaded ({type(e).__name__}: {e})")
+    by_name: dict[str, list[str]] = {}
+    for m, cls in methods.items():
+        if cls is not None:
+            by_name.setdefault(cls.name, []).append(m)
+    for name, ms in by_name.items():
+        if len(ms) > 1:   # their rows, lines and MLflow tags would be one method's
+            errors.append(f"methods: {' and '.join(ms)} share the name {name!r} (a method's results carry its "
+                          "class's `name`): give one another")
     for m, cls in methods.items():
         if cls is not None and sweep.task not in cls.tasks:
             errors.append(f"methods: {m!r} does not support task {sweep.task!r} (it supports {', '.join(cls.tasks)})")

@@ -57,7 +57,8 @@ class Sweep:
         self.store = SweepDir(args.storage or self.cfg.storage, self.cfg.name)
         self.root, self.dir = self.store.root, self.store.path
         self.errors: list[str] = []
-        self.info = SweepInfo(self.cfg.name, time.time(), self.cfg.search.metric, self.store.join(RESULTS_FILE))
+        self.info = SweepInfo(self.cfg.name, time.time(), self.cfg.search.metric, self.store.join(RESULTS_FILE),
+                              scheduler=self.cfg.scheduler.type, marker=self.store.join(SWEEP_FILE))
 
     def _resume_command(self) -> str:
         argv = [a for a in getattr(self.args, "argv", [self.args.config]) if a not in ("--resume", "--fresh")]
@@ -208,7 +209,7 @@ class Sweep:
                 say(self.info, f"{name}: nothing restorable ({e}); starting it afresh")
         run_config = tune.RunConfig(
             name=name, storage_path=self.dir, verbose=0,
-            callbacks=[SweepProgress(self.info)], stop=StorageWatch(self.store.join(SWEEP_FILE)),
+            callbacks=[SweepProgress(self.info), *_tune_loggers()], stop=StorageWatch(self.store.join(SWEEP_FILE)),
             failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
         return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -240,13 +241,13 @@ class Sweep:
         """Phase 1 of one cell: its best parameters (stored in best/<cell>.json), or None when it failed."""
         saved = self.store.read_json("best", f"{cell.key}.json")
         if saved is not None:
-            say(self.info, f"search {cell.dataset}/{cell.method}: done before, best {saved['params']}")
+            say(self.info, f"search {cell.dataset}/{cell.label}: done before, best {saved['params']}")
             return saved["params"]
         s = self.cfg.search
         tune_config = self._tune_config(metric=s.metric, mode=s.mode, search_alg=search.searcher(self.cfg, cell),
                                         scheduler=search.scheduler(self.cfg, cell), num_samples=s.num_samples)
         space = {"spec": TrialSpec.planned(self.ctx, "search", cell).model_dump(), "tuned": search.tune_space(cell)}
-        name = f"search-{cell.dataset}-{cell.method}"
+        name = f"search-{cell.dataset}-{cell.label}"   # the Tune experiment; its folder under the sweep
         say(self.info, f"{name}: {s.num_samples} Optuna trials over {sorted(cell.space)}")
         grid = self._fit(name, self._tuner(name, space, tune_config),
                          every_trial_ends=self.cfg.scheduler.type == "none")
@@ -271,7 +272,7 @@ class Sweep:
                  for c in cells for seed in self.cfg.seeds]
         space = {"spec": tune.grid_search(specs)}  # Tune starts them in this order
         say(self.info, f"seeds: {len(cells)} cell(s) x {len(self.cfg.seeds)} seed(s), longest first by measured "
-                       f"step cost: {', '.join(f'{c.dataset}/{c.method}' for c in cells)}")
+                       f"step cost: {', '.join(f'{c.dataset}/{c.label}' for c in cells)}")
         self._fit(SEEDS_EXPERIMENT, self._tuner(SEEDS_EXPERIMENT, space, self._tune_config(num_samples=1)),
                   every_trial_ends=True)
 
@@ -349,3 +350,11 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def _tune_loggers() -> list:
+    """Tune's per-trial result.json, params.json and progress.csv, without its TensorBoard logger (sweeps.cluster
+    turns Tune's automatic loggers off)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]

@@ -118,7 +118,7 @@ def longest_first(cells: Iterable, task: str, scale: str, timings: dict[Key, Tim
     """The cells by estimated core-seconds per trial, longest first (cells without a timing first, then the
     config's order): the longest-processing-time rule, so that no long trial starts last and runs alone."""
     def cost(cell) -> float:
-        t = timings.get((cell.method, task, scale))
+        t = timings.get((cell.label, task, scale))
         return math.inf if t is None else t.core_seconds_per_step * cell_steps(cell)
 
     return sorted(cells, key=cost, reverse=True)

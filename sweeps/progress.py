@@ -13,6 +13,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from mist_core.registry import display_name
 from sweeps import tracking
 from sweeps.config import flat_params
 from sweeps.failures import trial_failure
@@ -20,11 +21,12 @@ from sweeps.results import KEY, ResultsWriter, report_rows
 from sweeps.spec import TrialSpec
 from sweeps.trial import shown_metrics
 
-__all__ = ["SweepInfo", "SweepProgress", "say", "activate", "PROGRESS_EVERY_S"]
+__all__ = ["SweepInfo", "SweepProgress", "say", "activate", "PROGRESS_EVERY_S", "STOPPED_BY"]
 
 log = logging.getLogger("sweeps")
 PROGRESS_EVERY_S = 30.0  # a trial's report line at most this often (its final report always); between reports the
                          # trial prints its own line (sweeps.trial.HEARTBEAT_S)
+STOPPED_BY = "mist.stopped_by"  # the MLflow tag of a trial stopped before its budget: who stopped it
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class SweepInfo:
     t0: float              # when the driver started (time.time()): lines show the time since
     metric: str            # the search metric, shown on each report line
     results_path: str
+    scheduler: str = "none"   # the search phase's early stopping (SweepConfig.scheduler.type), named in MLflow
+    marker: str = ""          # the sweep's marker file (sweeps.storage_watch): gone, Tune stops every trial
 
 
 _ACTIVE: dict[str, SweepInfo] = {}  # results path -> the running sweep's info, for restored callbacks
@@ -87,7 +91,8 @@ class SweepProgress(Callback):
             spec = TrialSpec.of_trial(trial.config)
             run = spec.run
             self.meta[trial.trial_id] = dict(
-                sweep=spec.ctx.name, trial=str(trial), phase=spec.phase, method=run.method, dataset=run.dataset,
+                sweep=spec.ctx.name, trial=str(trial), phase=spec.phase, method=display_name(run.method),
+                dataset=run.dataset,
                 table=spec.ctx.table, task=run.task, scale=run.scale, seed=run.seed,
                 params_json=json.dumps(flat_params(run), sort_keys=True, default=str))
         return self.meta[trial.trial_id]
@@ -113,11 +118,28 @@ class SweepProgress(Callback):
                            f"{tag} {shown} ({result.get('time_total_s', 0):.1f} s)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        """A trial ended without an error: it trained its budget, or Tune stopped it before (the scheduler, or a
+        stopper). Tune does not call this when the sweep is interrupted: the driver closes those runs KILLED."""
         self._flush()
         done = self.last.get(trial.trial_id, {}).get("final") or (trial.last_result or {}).get("final")
-        self._close(trial, "FINISHED" if done else "KILLED")
-        if not done:
-            say(self.info, f"stopped early: {trial}")
+        if done:
+            self._close(trial, "FINISHED")
+            return
+        by = self._stopped_by(trial)
+        # an early stop is the scheduler doing its job: the run is complete as far as it was meant to go
+        self._close(trial, "FINISHED" if by == self.info.scheduler else "KILLED", {STOPPED_BY: by})
+        say(self.info, f"stopped early by {by}: {trial}")
+
+    def _stopped_by(self, trial) -> str:
+        """Who stopped a trial short of its budget: the search phase's scheduler (e.g. asha), or 'storage' (the
+        sweep folder went away: sweeps.storage_watch) or 'tune' (anything else)."""
+        from sweeps.storage_watch import lost
+
+        if self.info.marker and lost(self.info.marker):
+            return "storage"
+        if self.info.scheduler != "none" and self._meta(trial)["phase"] == "search":
+            return self.info.scheduler
+        return "tune"
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         say(self.info, f"retrying {trial} from its last checkpoint after: {trial_failure(trial)}")
@@ -134,10 +156,10 @@ class SweepProgress(Callback):
         self.writer.flush(force=force)
         self.last_flush = time.monotonic()
 
-    def _close(self, trial, status: str):
+    def _close(self, trial, status: str, tags: dict[str, str] | None = None):
         ctx = TrialSpec.of_trial(trial.config).ctx  # where the trial's MLflow run is
         try:
             tracking.terminate_if_running(ctx.tracking_uri, ctx.experiment_id,
-                                          tracking.trial_key(ctx.uid, trial.trial_id), status)
+                                          tracking.trial_key(ctx.uid, trial.trial_id), status, tags)
         except Exception as e:  # noqa: BLE001 - the final sweep close retries
             log.warning("could not update the MLflow run of %s: %s", trial, e)

@@ -108,7 +108,7 @@ def print_check(p: Plan) -> None:
     for c in p.cells:
         steps = cell_steps(c)
         n_search = sweep.search.num_samples if p.needs_search(c) else 0
-        cell = [Planned(c.method, sweep.task, sweep.scale, steps, n) for n in (n_search, len(sweep.seeds)) if n]
+        cell = [Planned(c.label, sweep.task, sweep.scale, steps, n) for n in (n_search, len(sweep.seeds)) if n]
         planned += cell
         n = sum(x.trials for x in cell)
         search = (sorted(c.space) if n_search else "none") if c.imported else "? (not imported at --check)"

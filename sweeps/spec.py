@@ -54,6 +54,8 @@ class TrialSpec(StrictConfig):
 
 
 def trial_name(trial) -> str:
-    """A Tune trial's name and directory: <phase>-<dataset>-<method>-s<seed>-<trial id>."""
+    """A Tune trial's name and directory (and its MLflow run's name): <phase>-<dataset>-<method's name>-s<seed>-<id>."""
+    from mist_core.registry import display_name
+
     s = TrialSpec.of_trial(trial.config)
-    return f"{s.phase}-{s.run.dataset}-{s.run.method}-s{s.run.seed}-{trial.trial_id}"
+    return f"{s.phase}-{s.run.dataset}-{display_name(s.run.method)}-s{s.run.seed}-{trial.trial_id}"

@@ -344,11 +344,15 @@ def find_trial_run(uri: str, experiment_id: str, trial_key: str):
     return runs[0] if runs else None
 
 
-def terminate_if_running(uri: str, experiment_id: str, trial_key: str, status: str) -> bool:
-    """Driver-side backstop when a trial completes/errs: its run must not stay RUNNING."""
+def terminate_if_running(uri: str, experiment_id: str, trial_key: str, status: str,
+                         tags: dict[str, str] | None = None) -> bool:
+    """Driver-side backstop when a trial completes/errs: its run must not stay RUNNING. `tags` are set first."""
     run = find_trial_run(uri, experiment_id, trial_key)
     if run is not None and run.info.status == "RUNNING":
-        _retry(_client(uri).set_terminated, run.info.run_id, status)
+        client = _client(uri)
+        for k, v in (tags or {}).items():
+            _retry(client.set_tag, run.info.run_id, k, v)
+        _retry(client.set_terminated, run.info.run_id, status)
         return True
     return False
 

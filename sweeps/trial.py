@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mist_core.registry import display_name
 from sweeps import artifacts, tracking
 from sweeps.spec import TrialSpec
 from sweeps.store import join
@@ -46,7 +47,7 @@ def trainable(config: dict[str, Any]) -> None:
     resolved = resolve(run)  # the config objects of the planned run: every field is explicit, presets change nothing
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
-    tags = {"method": run.method, "dataset": run.dataset, "table": ctx.table, "seed": run.seed,
+    tags = {"method": display_name(run.method), "dataset": run.dataset, "table": ctx.table, "seed": run.seed,
             "scale": run.scale, "task": run.task, "phase": phase, "sweep": ctx.name, "trial_id": trial_id,
             "code_version": ctx.code_version, "data_hash": spec.data_hash, tracking.TAG_SWEEP: ctx.uid}
     mlrun = tracking.TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
@@ -100,7 +101,7 @@ def trainable(config: dict[str, Any]) -> None:
             outputs.final(result.example, trainer.step, _title(run, trainer.step, final))
             history.write(trial_dir)
         shown = shown_metrics(final, [k for k in final if k not in ("step", "final", "seconds", "core_seconds")])
-        mlrun.set_tags({tracking.NOTE: f"**{run.method}** on **{run.dataset}**, seed {run.seed}, phase {phase} "
+        mlrun.set_tags({tracking.NOTE: f"**{tags['method']}** on **{run.dataset}**, seed {run.seed}, phase {phase} "
                                        f"(Tune trial {tctx.get_trial_name()}), {trainer.step} steps, "
                                        f"{trainer.train_seconds:.1f} s of training.\n\nFinal test metrics: {shown}."
                                        "\n\nArtifacts: figures/step_NNNNNN.png (inputs with ground truth, "
@@ -114,10 +115,9 @@ def trainable(config: dict[str, Any]) -> None:
         mlrun.set_tags({EAGER_TAG: str(e)})
         mlrun.finish("FAILED")
         raise
-    except SystemExit:  # Tune stopped the trial at a report (ASHA, or the sweep is shutting down)
-        if not finished:
-            mlrun.set_tags({"mist.stopped_by": "tune"})
-            mlrun.finish("KILLED")
+    except SystemExit:
+        # Tune stopped the trial at a report. Only the driver knows why, and closes the run (sweeps.progress): an
+        # early stop by the scheduler FINISHED with the tag mist.stopped_by; an interrupted sweep KILLED
         raise
     except BaseException:
         if not finished:
@@ -143,7 +143,7 @@ def shown_metrics(metrics: dict[str, float], keys) -> str:
 
 
 def _title(run, step: int, metrics: dict[str, float]) -> str:
-    return (f"{run.method} on {run.dataset}, seed {run.seed}, step {step}: "
+    return (f"{display_name(run.method)} on {run.dataset}, seed {run.seed}, step {step}: "
             + shown_metrics(metrics, ("rmse", "det_rate", "both")))
 
 

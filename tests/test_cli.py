@@ -119,8 +119,8 @@ def test_report_errors_name_the_file(tmp_path, capsys):
     from analysis.report import main
 
     assert main([str(tmp_path / "nowhere")]) == 2
-    assert _error_line(capsys.readouterr().err) == \
-        f"mist-bench: error: no result rows at {tmp_path / 'nowhere'}"
+    assert _error_line(capsys.readouterr().err).startswith(
+        f"mist-bench: error: {tmp_path / 'nowhere'}: no such folder or file")
     (tmp_path / "results.parquet").write_bytes(b"not parquet")
     assert main([str(tmp_path)]) == 2
     line = _error_line(capsys.readouterr().err)
@@ -231,7 +231,7 @@ def test_trials_start_longest_first():
     params = {"train.max_steps": 1000, "train.batch_size": 32, "dataset.n_train": 320}
 
     def cell(method, dataset="d"):
-        return SimpleNamespace(method=method, dataset=dataset, params=params, imported=True)
+        return SimpleNamespace(method=method, label=method, dataset=dataset, params=params, imported=True)
 
     t = {(m, "recon", "quick"): Timing(s, 1, "ladder") for m, s in
          [("grid", 0.1), ("mist", 0.5), ("trivial", 20.0), ("air", 0.1)]}  # trivial: 10 steps x 20 = 200 s

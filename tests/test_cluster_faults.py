@@ -238,12 +238,11 @@ def test_trial_out_of_memory_fails_alone(cluster, tmp_path):
     assert code == 1, out[-5000:]
     client, runs = sweep.runs()
     trials = {r.data.tags["method"]: r for r in runs if r.data.tags.get("mist.role") == "trial"}
-    assert {m: r.info.status for m, r in trials.items()} == {"fault_methods:Gate": "FINISHED",
-                                                             "fault_methods:Hog": "FAILED"}
-    gate_run = trials["fault_methods:Gate"].info.run_id
+    assert {m: r.info.status for m, r in trials.items()} == {"gate": "FINISHED", "hog": "FAILED"}  # their `name`s
+    gate_run = trials["gate"].info.run_id
     assert [m.step for m in client.get_metric_history(gate_run, "rmse")] == REPORTED
     failed = [line for line in out.splitlines() if "FAILED: " in line]
-    assert len(failed) == 1 and "fault_methods:Hog-s0" in failed[0], out[-5000:]
+    assert len(failed) == 1 and "-hog-s0" in failed[0], out[-5000:]
     assert "out of memory: RuntimeError: [enforce fail at alloc_cpu.cpp" in failed[0]
     assert "can't allocate memory" in failed[0] and "lower train.batch_size" in failed[0]
 

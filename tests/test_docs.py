@@ -124,6 +124,8 @@ def _report_said(out: str, wd: Path) -> bool:
 EXPECT: dict[str, Callable[[str, Path], bool]] = {
     ".venv/bin/mist-bench methods": lambda out, wd: "mist " in out and "grid " in out,
     ".venv/bin/mist-bench datasets": lambda out, wd: "mnist_hard" in out.split(),
+    ".venv/bin/mist-bench methods mist": lambda out, wd: out.startswith("mist (mist_core.mist:MIST)")
+        and "kp_lr " in out and "description" in out,
     ".venv/bin/mist-bench preview mnist_hard": lambda out, wd: (wd / "previews/mnist_hard.png").stat().st_size > 0,
     ".venv/bin/mist-bench train --method mist --dataset mnist_hard --scale smoke":
         lambda out, wd: {"rmse", "det_rate", "step"} <= set(json.loads(out)),

@@ -331,6 +331,8 @@ def test_signal_stops_the_sweep_and_closes_its_runs(tmp_path, sig):
     text = "".join(lines) + out
     assert proc.returncode == 130, text[-3000:]
     assert "interrupted" in text and "--resume" in text
+    # neither Ray's token-authentication warning nor Tune's hint to run TensorBoard (not installed)
+    assert "Token authentication" not in text and "tensorboard" not in text.lower(), text[-3000:]
     _, runs = _runs(uri, "stopped")
     roles = {r.data.tags.get("mist.role"): r.info.status for r in runs}
     assert roles == {"sweep": "KILLED", "trial": "KILLED"}, (roles, text[-3000:])

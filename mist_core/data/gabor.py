@@ -30,17 +30,20 @@ __all__ = ["GaborConfig", "generate_gabor", "gabor_kernels", "render_gabor", "ke
 
 
 class GaborConfig(StrictConfig):
-    n_train: Annotated[int, Field(ge=0)] = 10_000
-    n_test: Annotated[int, Field(ge=0)] = 2_000
-    seed: Annotated[int, Field(ge=0)] = 0  # numpy refuses a negative seed
-    canvas: Annotated[int, Field(ge=1)] = 80
-    a: Annotated[float, Field(gt=0)] = 0.1   # envelope bandwidth, 1/px (support radius ~ 0.98 / a at 5%)
-    f0: Annotated[float, Field(ge=0)] = 0.1  # carrier frequency, cycles/px
-    orientations_deg: Annotated[tuple[float, ...], Field(min_length=1)] = (45.0,)  # one kernel type each
-    mean_count: Annotated[float, Field(gt=0)] = 9.0  # Poisson mean of impulses per image
-    count_range: tuple[int, int] = (1, 18)           # the Poisson count is conditioned on this range
-    weight_range: tuple[float, float] = (0.5, 1.0)
-    truncation: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    n_train: Annotated[int, Field(ge=0, description="training images")] = 10_000
+    n_test: Annotated[int, Field(ge=0, description="test images")] = 2_000
+    seed: Annotated[int, Field(ge=0, description="the generator's seed (>= 0: numpy refuses a negative seed)")] = 0
+    canvas: Annotated[int, Field(ge=1, description="square canvas side, px")] = 80
+    a: Annotated[float, Field(gt=0, description="envelope bandwidth, 1/px (support radius ~ 0.98 / a at 5%)")] = 0.1
+    f0: Annotated[float, Field(ge=0, description="carrier frequency, cycles/px")] = 0.1
+    orientations_deg: Annotated[tuple[float, ...], Field(
+        min_length=1, description="kernel orientations, degrees: one kernel type each")] = (45.0,)
+    mean_count: Annotated[float, Field(gt=0, description="Poisson mean of impulses per image")] = 9.0
+    count_range: tuple[int, int] = Field((1, 18),
+                                         description="the Poisson count is conditioned on this (min, max) range")
+    weight_range: tuple[float, float] = Field((0.5, 1.0), description="impulse weights drawn uniformly from (min, max)")
+    truncation: Annotated[float, Field(
+        gt=0, lt=1, description="a kernel's support ends where its envelope falls below this fraction")] = 0.05
 
     @model_validator(mode="after")
     def _ranges(self) -> "GaborConfig":

