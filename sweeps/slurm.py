@@ -128,6 +128,7 @@ def prepare(config: str | Path, *, storage: str | None = None, tracking_uri: str
     """The job for `config` with the command line's options (`flags`: the Slurm fields, None = the config's), after
     the checks `--check` makes (the sweep's cells, its storage and MLflow store); raises ConfigError / CommandError."""
     from sweeps.config import plan
+    from sweeps.storage import check_storage
 
     if resume and fresh:
         raise CommandError("--resume and --fresh: pass one of them, not both")
@@ -136,6 +137,7 @@ def prepare(config: str | Path, *, storage: str | None = None, tracking_uri: str
     slurm, cpus = _settings(sweep, flags)
     folder = Path(_absolute(slurm.job_dir)) / sweep.name
     store = _absolute(storage or sweep.storage)
+    check_storage(storage or sweep.storage, field="--storage" if storage else "storage")  # as typed: `s3:/b` too
     concurrent = slurm.nodes * trials_per_node(sweep, slurm, cpus)
     server = tracking_uri is None and (slurm.tracking == "server" or
                                        (slurm.tracking == "auto" and concurrent > SQLITE_MAX_TRIALS))
@@ -157,7 +159,8 @@ def prepare(config: str | Path, *, storage: str | None = None, tracking_uri: str
 def check_shared(storage: str, folder: Path) -> None:
     """The one place a submission checks where the job will write on the shared filesystem: Tune's `storage` (its
     folder is checked by the sweep's plan) and the job folder (script, logs, SQLite or PostgreSQL), which must be a
-    folder it can create and write; ConfigError naming it."""
+    folder it can create and write; ConfigError naming it. (`prepare` first reaches the storage as typed, once and
+    bounded: sweeps.storage.check_storage, so a typo or a missing bucket is named at submission.)"""
     from sweeps.preflight import where_problems
 
     problems = where_problems(str(folder), f"sqlite:///{folder / 'mlflow.db'}", storage_field="--job-dir",

@@ -108,6 +108,15 @@ def test_a_job_dir_that_cannot_be_written_is_named(tmp_path, monkeypatch):
         _job(tmp_path, monkeypatch, job_dir=str(tmp_path / "afile" / "jobs"), tracking="server")
 
 
+@pytest.mark.parametrize("storage, named", [("s3:/bucket/x", "slash missing"), ("ftp://host/x", "ftp"),
+                                             ("s3://", "bucket")])
+def test_a_bad_storage_is_refused_at_submission(tmp_path, monkeypatch, storage, named):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=named):
+        prepare(SMOKE, storage=storage)
+    assert not (tmp_path / "slurm").exists() and not (tmp_path / "s3:").exists()  # nothing written
+
+
 def test_time_limits():
     assert [time_limit_s(t) for t in ("30", "5:00", "01:00:00", "2-00", "1-02:03", "1-00:00:01")] == [
         1800, 300, 3600, 172800, 93780, 86401]
