@@ -25,7 +25,7 @@ class TrainConfig(StrictConfig):
     eval_every: int = Field(200, ge=1)             # steps between interim evaluations (and reports to a sweeper)
     eval_images: int = Field(256, ge=1)            # test images used by interim evaluations
     final_eval_images: int | None = Field(None, ge=1)  # test images of the final evaluation (None = all)
-    threads: int | None = Field(None, ge=1)        # torch intra-op threads (None = all usable cores)
+    threads: int | None = Field(None, ge=1)        # torch intra-op threads (None: _runtime.default_threads)
     device: str = "cpu"
     cuda_graphs: bool = True                       # on CUDA, capture the step in a CUDA graph where the method allows
     lr_decay: Literal["none", "cosine"] = "none"   # every optimiser's lr follows this over max_steps

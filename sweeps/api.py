@@ -13,6 +13,7 @@ It lives in sweeps, beside the command line, because it reaches every layer: mis
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ def train(method: str, dataset: str, *, task: Literal["recon", "classify"] = "re
     it on the test split: `mist-bench train` as a function. The *_params override the presets by field name, like
     the command's -m, -d and -t (an unknown or mistyped field raises mist_core.config.ConfigError naming it); the
     checks every entry point shares (sweeps.preflight) run before any data is made. `progress`: log each report."""
+    from mist_core._runtime import busy_note, default_threads
     from mist_core.config import parse_config
     from mist_core.train import RunConfig, Trainer, resolve
     from sweeps.preflight import check_run
@@ -82,6 +84,10 @@ def train(method: str, dataset: str, *, task: Literal["recon", "classify"] = "re
                                        train=train_params or {}), where="run")
     resolved = resolve(cfg)
     check_run(resolved)
+    busy = busy_note(resolved.train_cfg.threads or default_threads(),
+                     "pass train_params={'threads': 1} (or set OMP_NUM_THREADS=1)")
+    if busy:
+        logging.getLogger(__name__).warning("train: %s", busy)
     trainer = Trainer(resolved)
     result = trainer.run(progress=progress)
     predictions = result.example   # the final evaluation's: the first len(predictions) test images
