@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import ITEMS, SCHEMA_VERSION
+from bench import DEFAULT_ITEMS, ITEMS, SCHEMA_VERSION
 from bench.settings import Settings
 from sweeps.command import Parser
 from sweeps.results import write_atomic
@@ -38,7 +38,8 @@ def _csv(text: str) -> tuple[str, ...]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(prog="python -m bench", description="mist-bench performance benchmarks (bench/): "
                 "run the selected items, write one JSON file (python -m bench.table renders it)")
-    ap.add_argument("--only", type=_csv, default=ITEMS, help=f"items to run, comma-separated ({','.join(ITEMS)})")
+    ap.add_argument("--only", type=_csv, default=DEFAULT_ITEMS,
+                    help=f"items to run, comma-separated ({','.join(ITEMS)}; default: all but trial_split)")
     ap.add_argument("--scales", type=_csv, help="smoke, quick, paper (default: quick; quick,paper on cuda)")
     ap.add_argument("--methods", type=_csv, default=(), help="methods for `steps` (default: every registered one)")
     ap.add_argument("--datasets", type=_csv, default=(), help="generators for `data` (default: every one)")
