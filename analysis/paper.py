@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 __all__ = ["Row", "Column", "TableSpec", "TABLES", "METHOD_LABELS", "METHOD_NOTES", "DATASET_LABELS", "METRIC_LABELS",
-           "LOWER_IS_BETTER", "REFERENCE_METHODS", "ADDED_METHODS", "method_label", "dataset_label", "metric_label", "lower_is_better", "headline_metric"]
+           "LOWER_IS_BETTER", "REFERENCE_METHODS", "ADDED_METHODS", "OWN_METHODS", "added_mark", "method_label",
+           "dataset_label", "metric_label", "lower_is_better", "headline_metric"]
 
 METHOD_LABELS: dict[str, str] = {"mist": "MIST", "grid": "Grid", "channelwise": "Ch.-wise", "air": "Esl16",
                                  "zhang": "Zha18", "supervised": "Supervised", "trivial": "Trivial",
@@ -38,9 +39,17 @@ METHOD_NOTES: dict[str, str] = {
 }
 # Not competitors: lines every learned method is read against (the mean image; k-means of ink, no learning).
 REFERENCE_METHODS: tuple[str, ...] = ("trivial", "kmeans")
-# Competitors this benchmark adds: not in the paper's tables; shown after the paper's methods, marked as added.
+# Competitors this benchmark adds: not in the paper's tables; shown after the paper's methods, marked as added,
+# and this project's own variants of MIST (OWN_METHODS) marked as ours.
 ADDED_METHODS: tuple[str, ...] = ("mist_reach", "ptopk")
+OWN_METHODS: tuple[str, ...] = ("mist_reach",)
 ADDED = " (added: not in the paper)"
+OURS = " (ours: not in the paper)"
+
+
+def added_mark(method: str) -> str:
+    """The mark after an added method's label: ours (a variant of this project) or added (from the literature)."""
+    return OURS if method in OWN_METHODS else ADDED
 DATASET_LABELS: dict[str, str] = {"mnist_easy": "MNIST easy", "mnist_hard": "MNIST hard", "gabor": "Gabor",
                                   "mnist_hard_k9": "MNIST hard, K={9}", "mnist_hard_k6_9": "MNIST hard, K={6..9}",
                                   "mnist_hard_k3_9": "MNIST hard, K={3..9}", "svhn": "SVHN",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.paper import (ADDED, ADDED_METHODS, METHOD_LABELS, REFERENCE_METHODS, TABLES, Column, TableSpec,
+from analysis.paper import (ADDED_METHODS, METHOD_LABELS, REFERENCE_METHODS, TABLES, Column, TableSpec, added_mark,
                             dataset_label, lower_is_better, method_label, metric_label)
 
 __all__ = ["REQUIRED_COLUMNS", "MISSING", "NOT_RUN", "PAPER_NONE", "FLAG", "LEGEND", "check_rows", "final_rows",
@@ -246,8 +246,8 @@ def table_view(df: pd.DataFrame, spec: TableSpec) -> TableView:
             if (ref or added) and g[col.method].empty:
                 continue
             flagged = dict(bars.get(col.method, []))
-            row = ([] if one else [dataset_label(ds)]) + [col.label + (" (reference)" if ref else ADDED if added else ""),
-                                                        str(st["trials"])]
+            mark = " (reference)" if ref else added_mark(col.method) if added else ""
+            row = ([] if one else [dataset_label(ds)]) + [col.label + mark, str(st["trials"])]
             for m in paper_metrics:
                 paper = spec.paper.get((row_of.get((ds, m)), col.label))
                 diff = st[m] - paper if paper is not None else math.nan
@@ -304,8 +304,8 @@ def format_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, classes = [], []
     for i, r in enumerate(summary.itertuples(index=False)):
         st, flagged = r._asdict(), set(filter(None, str(r.flagged).split(",")))
-        rows.append({"task": r.task, "dataset": dataset_label(r.dataset),
-                     "method": method_label(r.method) + (" (reference)" if r.reference else ADDED if r.added else ""),
+        mark = " (reference)" if r.reference else added_mark(r.method) if r.added else ""
+        rows.append({"task": r.task, "dataset": dataset_label(r.dataset), "method": method_label(r.method) + mark,
                      "trials": r.trials, "steps": f"{r.steps:,}",
                      "core-s / trial": format_core_seconds(r.core_seconds),
                      **{label: _mean_cell(st, m, 3, m in flagged) for m, label in metrics}, "note": r.note})

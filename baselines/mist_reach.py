@@ -14,7 +14,7 @@ useful patch to the strongest evidence no patch explains, and keeps the move whe
               window with the most.
   accept      per image, when the task loss (not the lifted objective: a relocation is a jump, not a small step)
               at the proposal is below that at the current keypoints. `relocations` rounds per step, each one task
-              forward for the evidence and one for the proposal.
+              forward, for the proposal: the evidence reuses T_tau's outputs from the x step (or the round before).
 Then `centre_steps` rounds of mean-shift move every patch to the ink centroid of what it covers: the task loss is
 content with a patch on part of a digit (a classifier reads a digit off-centre, a decoder copies half a digit), the
 detection metric is not, and the ink prior is the one the k-means floor uses.
@@ -89,13 +89,15 @@ class MISTReach(MIST):
         covered = paste_patches(ones, x, H, W, max_size=self.cfg.sizes[-1]).squeeze(1) > 0.5  # (B, H, W)
         return batch.images.sum(1) * (~covered)
 
-    def relocate(self, batch: Batch, x: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    def relocate(self, batch: Batch, x: Tensor, scores: Tensor, out: TaskOutput | None = None
+                 ) -> tuple[Tensor, TaskOutput]:
         """One round: the least useful patch of each image moves to its strongest unexplained window when that
-        lowers the image's task loss. x (B, K, 3), scores (B, K) -> new x and its task loss (B,)."""
+        lowers the image's task loss. x (B, K, 3), scores (B, K), T_tau's outputs at x if already computed (the x
+        step's, a previous round's) -> new x and T_tau's outputs there (loss (B,))."""
         B, K, _ = x.shape
         H, W = batch.images.shape[-2:]
         with torch.no_grad():
-            out = self.run_task(batch, x)
+            out = self.run_task(batch, x) if out is None else out
             loss = out.loss                                                              # (B,) at x
             side = 2 * int(round(self.cfg.sizes[0] / 2)) + 1                            # odd window ~ the patch
             ev = window_sum(self.evidence(batch, x, out), side).flatten(1)               # (B, H*W)
@@ -105,9 +107,9 @@ class MISTReach(MIST):
             move = (torch.arange(K, device=x.device) == worst[:, None])[..., None]        # (B, K, 1)
             moved = torch.cat([target[:, None, :].expand(B, K, 2), x[..., 2:]], -1)      # (B, K, 3)
             proposal = self.keep_inside(torch.where(move, moved, x), H, W)               # (B, K, 3)
-            new_loss = self.run_task(batch, proposal).loss                               # (B,)
-            better = new_loss < loss                                                     # (B,)
-            return torch.where(better[:, None, None], proposal, x), torch.where(better, new_loss, loss)
+            new = self.run_task(batch, proposal)
+            better = new.loss < loss                                                     # (B,)
+            return torch.where(better[:, None, None], proposal, x), out.where(better, new)
 
     def centre(self, batch: Batch, x: Tensor) -> Tensor:
         """One mean-shift round: each patch (B, K, 3) moves to the ink-weighted centroid of what it covers (no move
@@ -124,10 +126,11 @@ class MISTReach(MIST):
 
     def keypoint_targets(self, batch: Batch, kp0: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """MIST's x step, then `relocations` rounds of relocation and `centre_steps` of mean-shift."""
-        x_local, loss, _ = super().keypoint_targets(batch, kp0, scores)
+        x_local, loss, out = self.keypoint_descent(batch, kp0, keep_output=True)  # out: T_tau at x_local, reused
         x = x_local
         for _ in range(self.cfg.relocations):
-            x, loss = self.relocate(batch, x, scores)
+            x, out = self.relocate(batch, x, scores, out)
+            loss = out.loss
         relocated = (x[..., :2] != x_local[..., :2]).any(-1).float().sum(1).mean()        # patches moved per image
         if self.cfg.centre_steps:
             for _ in range(self.cfg.centre_steps):

@@ -13,8 +13,12 @@ Items, one module each (each exposes `run(settings) -> dict`):
   sweep      utilisation of a short local Ray sweep: training core-seconds / (wall seconds x cores)
   data       data generation throughput of every dataset generator (images/s)
   authors    MIST's training step at exactly the authors' MNIST configuration (images/s); also python -m bench.authors
+  trial_split  a whole benchmark trial per method, its core-seconds split into set-up, steps, evaluations, figures,
+             checkpoints (only with --only: at quick scale it trains every method's full budget)
 Shared pieces: settings (what to run), machine (what it ran on), timing, memory, workload (method + batch).
 """
 
-ITEMS: tuple[str, ...] = ("steps", "host", "concurrency", "breakdown", "flops", "sweep", "data", "authors")
+ITEMS: tuple[str, ...] = ("steps", "host", "concurrency", "breakdown", "flops", "sweep", "data", "authors",
+                          "trial_split")
+DEFAULT_ITEMS: tuple[str, ...] = tuple(i for i in ITEMS if i != "trial_split")  # what runs without --only
 SCHEMA_VERSION = 1

@@ -5,7 +5,7 @@
                     [--sweep-trials N] [--sweep-seconds S] [--tiny] --out FILE.json
 
 Defaults: every item (`authors` ignores --scales, --methods and --datasets: its configuration is fixed); scales
-quick on the CPU, quick,paper on CUDA; every registered method; all usable cores.
+quick on the CPU, quick,paper on CUDA; every registered method; OMP_NUM_THREADS threads, else torch's default.
 --tiny shrinks everything to seconds, on 1 thread (bench.settings.Settings.tiny_defaults); explicit options
 still apply.
 Bad options: exit status 2 before anything runs. An item that raises is recorded as {"error": ...} (a method that
@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import ITEMS, SCHEMA_VERSION
+from bench import DEFAULT_ITEMS, ITEMS, SCHEMA_VERSION
 from bench.settings import Settings
 from sweeps.command import Parser
 from sweeps.results import write_atomic
@@ -38,14 +38,15 @@ def _csv(text: str) -> tuple[str, ...]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(prog="python -m bench", description="mist-bench performance benchmarks (bench/): "
                 "run the selected items, write one JSON file (python -m bench.table renders it)")
-    ap.add_argument("--only", type=_csv, default=ITEMS, help=f"items to run, comma-separated ({','.join(ITEMS)})")
+    ap.add_argument("--only", type=_csv, default=DEFAULT_ITEMS,
+                    help=f"items to run, comma-separated ({','.join(ITEMS)}; default: all but trial_split)")
     ap.add_argument("--scales", type=_csv, help="smoke, quick, paper (default: quick; quick,paper on cuda)")
     ap.add_argument("--methods", type=_csv, default=(), help="methods for `steps` (default: every registered one)")
     ap.add_argument("--datasets", type=_csv, default=(), help="generators for `data` (default: every one)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     ap.add_argument("--repeats", type=int, help="timed steps/calls per measurement (default 20; --tiny 2; data: 3)")
     ap.add_argument("--warmup", type=int, help="untimed calls first (default 3; --tiny 1)")
-    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: every usable core; --tiny 1)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: OMP_NUM_THREADS, else torch's)")
     ap.add_argument("--sweep-trials", type=int, help="trials of the `sweep` item (default: 2 per core; --tiny 2)")
     ap.add_argument("--sweep-seconds", type=float, help="training seconds per sweep trial (default 10; --tiny 1)")
     ap.add_argument("--concurrency-seconds", type=float, help="measuring window per concurrency level (default 10; "

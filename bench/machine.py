@@ -25,7 +25,7 @@ def cpu_model() -> str:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its affinity), as mist_core._runtime.set_threads counts them."""
+    """Cores this process may run on (its affinity), as mist_core._runtime.usable_cores counts them."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

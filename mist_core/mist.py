@@ -136,7 +136,15 @@ class MIST(Method):
         return out.loss.detach()
 
     def stage_keypoints(self, batch: Batch, kp0: Tensor) -> tuple[Tensor, Tensor]:
-        """Line 4: kp_steps SGD steps on the leaf x (init x0). Returns x (B, K, 3) and its task loss (B,).
+        """Line 4: kp_steps SGD steps on the leaf x (init x0). Returns x (B, K, 3) and its task loss (B,)."""
+        x, loss, _ = self.keypoint_descent(batch, kp0)
+        return x, loss
+
+    def keypoint_descent(self, batch: Batch, kp0: Tensor, keep_output: bool = False
+                         ) -> tuple[Tensor, Tensor, TaskOutput | None]:
+        """Line 4 (stage_keypoints) and, with keep_output, T_tau's outputs at the x it returns (detached), so that
+        a later stage reuses them instead of running T_tau again there; None where that x was never scored
+        (kp_accept off: the last step is not evaluated).
 
         Each step moves a coordinate by kp_lr * gradient, at most the image's trust radius (kp_max_move px at
         first). With kp_accept (default) the steps are monotone per image: a step that raises an image's objective
@@ -147,7 +155,7 @@ class MIST(Method):
         B = kp0.shape[0]
         H, W = batch.images.shape[-2:]
         x = kp0.clone()
-        best_x, best_obj, best_loss, best_g = x, None, None, None
+        best_x, best_obj, best_loss, best_g, best_out = x, None, None, None, None
         rate = torch.full((B, 1, 1), float(c.kp_lr), device=kp0.device)                 # per-image step size...
         radius = torch.full((B, 1, 1), float(c.kp_max_move), device=kp0.device)         # ...and trust radius (px)
         n_forward = c.kp_steps + (1 if c.kp_accept and c.kp_steps > 0 else 0)
@@ -159,13 +167,16 @@ class MIST(Method):
                 obj = out.loss + c.lam * ((x - kp0) ** 2).flatten(1).sum(1)               # (B,) eq. 6 per image
             g = None if last else torch.autograd.grad(obj.sum(), [x])[0]                   # only x gets a gradient
             loss, obj, x = out.loss.detach(), obj.detach(), x.detach()
+            out = out.detach() if keep_output else None
             if best_obj is None or not c.kp_accept:
-                best_x, best_obj, best_loss, best_g = x, obj, loss, g
+                best_x, best_obj, best_loss, best_g, best_out = x, obj, loss, g, out
             else:
                 better = obj < best_obj                                                      # (B,)
                 b3 = better[:, None, None]
                 best_x = torch.where(b3, x, best_x)
                 best_obj, best_loss = torch.where(better, obj, best_obj), torch.where(better, loss, best_loss)
+                if keep_output:
+                    best_out = best_out.where(better, out)
                 if g is not None:
                     best_g = torch.where(b3, g, best_g)
                 rate, radius = torch.where(b3, rate, rate / 2), torch.where(b3, radius, radius / 2)
@@ -175,8 +186,8 @@ class MIST(Method):
                 x = best_x - torch.maximum(torch.minimum(rate * best_g, radius), -radius)
                 x = self.keep_inside(x, H, W)
         if not c.kp_accept and c.kp_steps > 0:
-            return x, best_loss                                                              # the loss before the last step
-        return best_x, best_loss
+            return x, best_loss, None                                                        # the loss before the last step
+        return best_x, best_loss, best_out
 
     def stage_heatmap(self, h_scales: Tensor, x: Tensor, task_loss: Tensor, valid: Tensor) -> Tensor:
         """Line 5: a step on eta regressing H_eta(I) to G(x). Returns the weighted heatmap loss (scalar)."""

@@ -25,7 +25,8 @@ class TrainConfig(StrictConfig):
     eval_every: int = Field(200, ge=1, description="steps between interim evaluations (and reports to a sweeper)")
     eval_images: int = Field(256, ge=1, description="test images used by interim evaluations")
     final_eval_images: int | None = Field(None, ge=1, description="test images of the final evaluation (None: all)")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: all usable cores)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: OMP_NUM_THREADS, else "
+                                "torch's default, capped at the usable cores)")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N")
     cuda_graphs: bool = Field(True, description="on CUDA, capture the step in a CUDA graph where the method allows")
     precision: Literal["fp32", "tf32", "bf16"] = Field(

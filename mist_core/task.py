@@ -33,6 +33,19 @@ class TaskOutput:
     recon: Tensor | None               # (B, C, H, W)
     class_probs: Tensor | None         # (B, K, n_classes)
 
+    def detach(self) -> "TaskOutput":
+        return TaskOutput(*(None if t is None else t.detach() for t in self._fields()))
+
+    def where(self, take: Tensor, other: "TaskOutput") -> "TaskOutput":
+        """Per image: `other`'s outputs where take (B,) is true, else these. T_tau runs on each patch alone and the
+        losses are per image, so this equals running it on the keypoints picked the same way."""
+        def pick(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            return None if a is None else torch.where(take.view(-1, *(1,) * (a.dim() - 1)), b, a)
+        return TaskOutput(*(pick(a, b) for a, b in zip(self._fields(), other._fields())))
+
+    def _fields(self) -> tuple[Tensor | None, ...]:
+        return self.loss, self.patches_out, self.recon, self.class_probs
+
 
 class TaskHead(nn.Module):
     def __init__(self, task: Task, channels: int, p: int, width: int, levels: int, blocks: int, n_classes: int = 10,

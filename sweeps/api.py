@@ -14,6 +14,7 @@ It lives in sweeps, beside the command line, because it reaches every layer: mis
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ def train(method: str, dataset: str, *, task: Literal["recon", "classify"] = "re
     checks every entry point shares (sweeps.preflight) run before any data is made. `progress` (default True): a
     line while the data is prepared, then tqdm's bar (a widget in Jupyter, text on stderr elsewhere) over the steps
     with the latest evaluation's metrics; False: silent."""
+    from mist_core._runtime import busy_note, default_threads
     from mist_core.config import parse_config
     from mist_core.train import RunConfig, Trainer, resolve
     from sweeps.preflight import check_run
@@ -114,6 +116,10 @@ def train(method: str, dataset: str, *, task: Literal["recon", "classify"] = "re
                                        train=train_params or {}), where="run")
     resolved = resolve(cfg)
     check_run(resolved)
+    busy = busy_note(resolved.train_cfg.threads or default_threads(),
+                     "pass train_params={'threads': 1} (or set OMP_NUM_THREADS=1)")
+    if busy:
+        logging.getLogger(__name__).warning("train: %s", busy)
     if progress:  # generating quick-scale data takes a while before the first step
         print(f"train: {resolved.method_cls.name} on {dataset} ({scale}): preparing data...", file=sys.stderr,
               flush=True)

@@ -31,6 +31,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = writable_file(a.out, "--out") if a.out else None
     # the first line before torch is imported and the data generated (seconds to minutes at quick scale)
     print(f"train: {a.method} on {a.dataset} ({a.scale}): preparing data...", file=sys.stderr, flush=True)
+    from mist_core._runtime import busy_note, default_threads
     from mist_core.config import parse_config, parse_overrides
     from mist_core.train import RunConfig, Trainer, resolve
     from sweeps.preflight import check_run
@@ -41,6 +42,9 @@ def cmd_train(a: argparse.Namespace) -> int:
                                        train=parse_overrides(a.train)), where="run")
     resolved = resolve(cfg)
     check_run(resolved)  # what a sweep's plan refuses, refused here too, before the data is generated
+    busy = busy_note(resolved.train_cfg.threads or default_threads(), "run with `-t threads=1` (or OMP_NUM_THREADS=1)")
+    if busy:
+        print(f"train: {busy}", file=sys.stderr, flush=True)
     trainer = Trainer(resolved)
     print(f"train: {resolved.method_cls.name}: {len(trainer.splits.train):,} training images; training "
           f"{trainer.budget_steps():,} steps...",

@@ -63,13 +63,14 @@ def test_relocation_moves_a_duplicate_onto_the_uncovered_square():
     x = torch.tensor([[[10.0, 10.0, 12.0], [11.0, 10.0, 12.0]]])                   # both on A
     scores = torch.tensor([[0.9, 0.5]])                                             # the second is the duplicate
     before = m.run_task(batch, x).loss
-    new_x, loss = m.relocate(batch, x, scores)
+    new_x, out = m.relocate(batch, x, scores)
+    loss = out.loss
     assert torch.equal(new_x[0, 0], x[0, 0])                                        # the higher-scored one stays
     assert torch.allclose(new_x[0, 1, :2], torch.tensor([28.0, 30.0]), atol=1.0)   # the duplicate goes to B
     assert float(loss) < float(before) and torch.allclose(loss, m.run_task(batch, new_x).loss)
     # nothing left to explain: a proposal that does not lower the loss is refused
-    again, loss2 = m.relocate(batch, new_x, scores)
-    assert torch.equal(again, new_x) and torch.equal(loss2, loss)
+    again, out2 = m.relocate(batch, new_x, scores, out)     # T_tau's outputs at new_x, reused
+    assert torch.equal(again, new_x) and torch.equal(out2.loss, loss)
 
 
 def test_zero_relocations_is_mists_keypoint_step():
